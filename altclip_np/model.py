@@ -1,0 +1,155 @@
+"""The public models, mirroring transformers' API with NumPy arrays in and out:
+AltCLIPTextModel, AltCLIPVisionModel and the joint AltCLIPModel."""
+import numpy as np
+
+from . import text, vision
+from .config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, read_config
+from .hub import resolve_pretrained
+from .inputs import pixel_inputs, text_inputs
+from .layers import linear
+from .outputs import AltCLIPOutput, BaseModelOutputWithPooling, BaseModelOutputWithPoolingAndProjection
+from .weights import TensorSource, load_weights, open_checkpoint
+
+MODEL_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json"]
+
+
+class PreTrainedModel:
+    config_class = None
+
+    def __init__(self, config, weights):
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs an {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.weights = weights  # {checkpoint key: array}
+
+    @classmethod
+    def expected_weights(cls, config):
+        raise NotImplementedError
+
+    @classmethod
+    def from_state_dict(cls, config, state_dict):
+        """Build from an in-memory {checkpoint key: array} (any of transformers' key spellings)."""
+        return cls(config, load_weights(TensorSource.from_arrays(state_dict), cls.expected_weights(config),
+                                        "state_dict"))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, revision=None, cache_dir=None, local_files_only=False):
+        """Load a checkpoint directory or Hub repo id (config.json + model.safetensors or pytorch_model.bin)."""
+        directory = resolve_pretrained(name_or_path, MODEL_FILES, revision=revision, cache_dir=cache_dir,
+                                       local_files_only=local_files_only)
+        config = read_config(cls.config_class, directory / "config.json")
+        source = open_checkpoint(directory)
+        return cls(config, load_weights(source, cls.expected_weights(config), str(directory)))
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+
+def _finish(output, return_dict):
+    return output if return_dict or return_dict is None else output.to_tuple()
+
+
+class AltCLIPTextModel(PreTrainedModel):
+    """XLM-R text tower: `last_hidden_state` is the projected sequence, `pooler_output` its first token."""
+    config_class = AltCLIPTextConfig
+
+    @classmethod
+    def expected_weights(cls, config):
+        return text.expected_weights(config)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, output_attentions=False, output_hidden_states=False, return_dict=True):
+        inputs = text_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        projected, hidden_states, attentions = text.text_forward(
+            self.weights, self.config, **inputs, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states)
+        out = BaseModelOutputWithPoolingAndProjection(last_hidden_state=projected, pooler_output=projected[:, 0],
+                                                      hidden_states=hidden_states, attentions=attentions)
+        return _finish(out, return_dict)
+
+
+class AltCLIPVisionModel(PreTrainedModel):
+    """CLIP ViT vision tower: `pooler_output` is the post-LayerNorm class token."""
+    config_class = AltCLIPVisionConfig
+
+    @classmethod
+    def expected_weights(cls, config):
+        return vision.expected_weights(config)
+
+    def forward(self, pixel_values=None, interpolate_pos_encoding=False, output_attentions=False,
+                output_hidden_states=False, return_dict=True):
+        pixel_values = pixel_inputs(self.config, pixel_values, interpolate_pos_encoding)
+        last, pooled, hidden_states, attentions = vision.vision_forward(
+            self.weights, self.config, pixel_values, interpolate_pos_encoding, output_attentions,
+            output_hidden_states)
+        out = BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states,
+                                         attentions=attentions)
+        return _finish(out, return_dict)
+
+
+def l2_normalize(x):  # [n, d] -> [n, d]
+    return x / np.sqrt(np.square(x).sum(axis=-1, keepdims=True))
+
+
+def cross_entropy_diagonal(logits):  # [n, n] -> scalar: mean of -log softmax(row i)[i]
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return -np.mean(np.diag(log_probs))
+
+
+def clip_loss(logits_per_text):  # [n, n] -> scalar: symmetric InfoNCE, matching pairs on the diagonal
+    if logits_per_text.shape[0] != logits_per_text.shape[1]:
+        raise ValueError(f"return_loss needs as many texts as images (pairs), got {logits_per_text.shape[0]} "
+                         f"texts and {logits_per_text.shape[1]} images")
+    return np.float32((cross_entropy_diagonal(logits_per_text) + cross_entropy_diagonal(logits_per_text.T)) / 2)
+
+
+class AltCLIPModel(PreTrainedModel):
+    """Both towers, their projections to a shared space, and the scaled cosine similarities."""
+    config_class = AltCLIPConfig
+
+    def __init__(self, config, weights):
+        super().__init__(config, weights)
+        self.text_model = AltCLIPTextModel(config.text_config, weights)
+        self.vision_model = AltCLIPVisionModel(config.vision_config, weights)
+
+    @classmethod
+    def expected_weights(cls, config):
+        d = config.projection_dim
+        return {**text.expected_weights(config.text_config), **vision.expected_weights(config.vision_config),
+                "text_projection.weight": (d, config.text_config.project_dim),
+                "visual_projection.weight": (d, config.vision_config.hidden_size), "logit_scale": ()}
+
+    def get_text_features(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                          output_attentions=False, output_hidden_states=False, return_dict=True):
+        """The text tower's output with `pooler_output` replaced by the projected [CLS] feature [B, d]."""
+        out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids,
+                              output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        out.pooler_output = linear(out.last_hidden_state[:, 0], self.weights["text_projection.weight"])
+        return _finish(out, return_dict)
+
+    def get_image_features(self, pixel_values=None, interpolate_pos_encoding=False, output_attentions=False,
+                           output_hidden_states=False, return_dict=True):
+        """The vision tower's output with `pooler_output` replaced by the projected image feature [B, d]."""
+        out = self.vision_model(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
+        out.pooler_output = linear(out.pooler_output, self.weights["visual_projection.weight"])
+        return _finish(out, return_dict)
+
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, token_type_ids=None,
+                position_ids=None, return_loss=False, output_attentions=False, output_hidden_states=False,
+                interpolate_pos_encoding=False, return_dict=True):
+        if input_ids is None:
+            raise ValueError("AltCLIPModel needs input_ids (the tokenized texts) and pixel_values (the images)")
+        vision_out = self.vision_model(pixel_values, interpolate_pos_encoding, output_attentions,
+                                       output_hidden_states)
+        text_out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids, None,
+                                   output_attentions, output_hidden_states)
+        image_embeds = l2_normalize(linear(vision_out.pooler_output, self.weights["visual_projection.weight"]))
+        text_embeds = l2_normalize(linear(text_out.pooler_output, self.weights["text_projection.weight"]))
+        logits_per_text = (text_embeds @ image_embeds.T) * np.exp(self.weights["logit_scale"])
+        out = AltCLIPOutput(loss=clip_loss(logits_per_text) if return_loss else None,
+                            logits_per_image=logits_per_text.T, logits_per_text=logits_per_text,
+                            text_embeds=text_embeds, image_embeds=image_embeds, text_model_output=text_out,
+                            vision_model_output=vision_out)
+        return _finish(out, return_dict)

@@ -1,0 +1,162 @@
+"""Checkpoint weights as a flat dict of NumPy arrays named by their transformers state-dict keys.
+
+safetensors files are memory-mapped and read by hand (an 8-byte header length, a JSON header, raw data), so
+float32 tensors are zero-copy views of the file and nothing is read that the model does not use.
+float16 / bfloat16 tensors are upcast to float32.
+"""
+import json
+import mmap
+import struct
+from pathlib import Path
+
+import numpy as np
+
+SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+                      "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                      "BOOL": np.bool_}
+
+
+def bf16_to_f32(bits):  # uint16 bfloat16 bits -> float32: bfloat16 is the top half of a float32
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def to_float32(array):  # float16 / float64 -> float32; float32 stays a zero-copy view
+    return array if array.dtype == np.float32 else array.astype(np.float32)
+
+
+class SafetensorsFile:
+    """One memory-mapped .safetensors file: `.keys()`, `.shape(key)`, `.dtype(key)`, `.get(key)`."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                size = self.path.stat().st_size
+                if size < 8:
+                    raise OSError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
+                (n,) = struct.unpack("<Q", f.read(8))
+                if 8 + n > size:
+                    raise OSError(f"{self.path}: safetensors header claims {n} bytes but the file has {size}")
+                header = json.loads(f.read(n))
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise OSError(f"{self.path}: corrupt safetensors header ({e})") from None
+        if not isinstance(header, dict):
+            raise OSError(f"{self.path}: corrupt safetensors header (not a JSON object)")
+        header.pop("__metadata__", None)
+        self._base = 8 + n
+        self._entries = {}
+        for key, info in header.items():
+            try:
+                dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise OSError(f"{self.path}: corrupt safetensors header entry for {key!r}") from None
+            if dtype not in SAFETENSORS_DTYPES:
+                raise OSError(f"{self.path}: tensor {key!r} has unsupported dtype {dtype}")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize
+            if not 0 <= begin <= end or end - begin != nbytes or self._base + end > size:
+                raise OSError(f"{self.path}: tensor {key!r} ({dtype} {list(shape)}) has data offsets "
+                              f"[{begin}, {end}] that do not fit its size or the file ({size} bytes): "
+                              "truncated or corrupt file")
+            self._entries[key] = (dtype, shape, begin)
+
+    def keys(self):
+        return self._entries.keys()
+
+    def shape(self, key):
+        return self._entries[key][1]
+
+    def get(self, key):  # float tensors come back as float32; float32 ones are read-only views of the file
+        dtype, shape, begin = self._entries[key]
+        np_dtype = SAFETENSORS_DTYPES[dtype]
+        count = int(np.prod(shape, dtype=np.int64))
+        array = np.frombuffer(self._mm, np_dtype, count, self._base + begin).reshape(shape)
+        if dtype == "BF16":
+            return bf16_to_f32(array)
+        return to_float32(array) if array.dtype.kind == "f" else array
+
+
+def open_safetensors(directory):
+    """{key: SafetensorsFile} for model.safetensors or a sharded model.safetensors.index.json."""
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise OSError(f"{index}: not a valid safetensors index ({e})") from None
+        files = {name: SafetensorsFile(directory / name) for name in sorted(set(weight_map.values()))}
+        sources = {}
+        for name, f in files.items():
+            for key in f.keys():
+                sources[key] = f
+        missing = sorted(k for k, name in weight_map.items() if k not in files[name].keys())
+        if missing:
+            raise OSError(f"{index} lists tensors that its shards do not hold: {', '.join(missing)}")
+        return sources
+    single = directory / "model.safetensors"
+    if single.is_file():
+        f = SafetensorsFile(single)
+        return {key: f for key in f.keys()}
+    raise OSError(f"no model.safetensors or model.safetensors.index.json in {directory}")
+
+
+class TensorSource:
+    """A lazily read flat state dict: key -> (shape, getter). Safetensors and other formats plug in here."""
+
+    def __init__(self, shapes, getter):
+        self.shapes, self.getter = shapes, getter
+
+    @classmethod
+    def from_safetensors(cls, directory):
+        sources = open_safetensors(directory)
+        return cls({k: f.shape(k) for k, f in sources.items()}, lambda k: sources[k].get(k))
+
+    @classmethod
+    def from_arrays(cls, arrays):  # an in-memory state dict {key: array}
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        return cls({k: v.shape for k, v in arrays.items()},
+                   lambda k: to_float32(arrays[k]) if arrays[k].dtype.kind == "f" else arrays[k])
+
+
+# ---- key names: every spelling of a key maps to the one the official BAAI/AltCLIP checkpoint uses ----
+
+def canonical_key(key):
+    """transformers 5 saves `encoder.layer.N` for both towers and a tower saved alone drops its prefix;
+    the official checkpoint has `text_model.roberta.encoder.layer.N` and `vision_model.encoder.layers.N`."""
+    if key.startswith(("roberta.", "transformation.", "pre_LN.")):
+        key = "text_model." + key
+    elif key.startswith(("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.")):
+        key = "vision_model." + key
+    if key.startswith("text_model.roberta.encoder.layers."):
+        key = key.replace("encoder.layers.", "encoder.layer.", 1)
+    elif key.startswith("vision_model.encoder.layer."):
+        key = key.replace("encoder.layer.", "encoder.layers.", 1)
+    return key
+
+
+def load_weights(source, expected, where):
+    """Read the tensors named in `expected` ({canonical key: shape}) from a TensorSource.
+
+    Every missing or mis-shaped tensor is reported at once; keys the model does not use are ignored.
+    """
+    by_canonical = {}
+    for key in source.shapes:
+        by_canonical.setdefault(canonical_key(key), key)
+    missing = [k for k in expected if k not in by_canonical]
+    wrong = [f"{k}: expected {list(shape)}, found {list(source.shapes[by_canonical[k]])}"
+             for k, shape in expected.items()
+             if k in by_canonical and tuple(source.shapes[by_canonical[k]]) != tuple(shape)]
+    if missing or wrong:
+        lines = [f"checkpoint {where} does not match the config:"]
+        if missing:
+            lines.append(f"  missing tensors ({len(missing)}): " + ", ".join(missing))
+        if wrong:
+            lines.append(f"  mis-shaped tensors ({len(wrong)}):\n    " + "\n    ".join(wrong))
+        raise ValueError("\n".join(lines))
+    return {k: source.getter(by_canonical[k]) for k in expected}
+
+
+def open_checkpoint(directory):
+    """The TensorSource of a checkpoint directory: safetensors (single or sharded)."""
+    return TensorSource.from_safetensors(directory)
