@@ -42,18 +42,18 @@ def patch_embed(pixel_values, w):  # [B, C, H, W], [D, C, p, p] -> [B, N, D]
 
 def cubic_weights(n_in, n_out):  # -> [n_out, n_in] resampling matrix
     """torch's interpolate(mode="bicubic", align_corners=False) along one axis: Keys' cubic with A = -0.75,
-    source x = (dst + 0.5) * n_in / n_out - 0.5 (not clamped), the 4 taps clamped to the border."""
-    A = -0.75
+    source x = (dst + 0.5) * n_in / n_out - 0.5 (not clamped), the 4 taps clamped to the border.
+    The taps are computed in float32, as torch does, which keeps us within a few float32 ulps of it."""
+    f = np.float32
+    A, scale = f(-0.75), f(n_in) / f(n_out)
+    near = lambda d: ((A + 2) * d - (A + 3)) * d * d + 1  # |d| <= 1
+    far = lambda d: ((A * d - 5 * A) * d + 8 * A) * d - 4 * A  # 1 < |d| < 2
     m = np.zeros((n_out, n_in))
     for dst in range(n_out):
-        x = (dst + 0.5) * (n_in / n_out) - 0.5
+        x = scale * (f(dst) + f(0.5)) - f(0.5)
         x0 = math.floor(x)
-        t = x - x0
-        taps = [((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A,  # distance 1 + t
-                ((A + 2) * t - (A + 3)) * t * t + 1,  # distance t
-                ((A + 2) * (1 - t) - (A + 3)) * (1 - t) * (1 - t) + 1,  # distance 1 - t
-                ((A * (2 - t) - 5 * A) * (2 - t) + 8 * A) * (2 - t) - 4 * A]  # distance 2 - t
-        for k, weight in enumerate(taps):
+        t = f(x - f(x0))
+        for k, weight in enumerate((far(t + 1), near(t), near(1 - t), far(2 - t))):
             m[dst, min(max(x0 - 1 + k, 0), n_in - 1)] += weight
     return m
 

@@ -36,7 +36,7 @@ class SafetensorsFile:
                     raise OSError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
                 (n,) = struct.unpack("<Q", f.read(8))
                 if 8 + n > size:
-                    raise OSError(f"{self.path}: safetensors header claims {n} bytes but the file has {size}")
+                    raise OSError(f"{self.path}: truncated safetensors file: its header claims {n} bytes but the file has {size}")
                 header = json.loads(f.read(n))
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
