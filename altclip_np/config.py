@@ -39,12 +39,8 @@ class _Config:
         return {"model_type": self.model_type, **{k: getattr(self, k) for k in self.defaults}}
 
     @classmethod
-    def from_json_file(cls, path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                return cls.from_dict(json.load(f))
-        except json.JSONDecodeError as e:
-            raise OSError(f"{path} is not valid JSON: {e}") from None
+    def from_pretrained(cls, directory):  # a checkpoint directory's config.json
+        return read_config(cls, Path(directory) / "config.json")
 
     def __eq__(self, other):
         return type(self) is type(other) and self.to_dict() == other.to_dict()
@@ -116,12 +112,8 @@ class AltCLIPConfig:
         return cls(**d)
 
     @classmethod
-    def from_json_file(cls, path):
-        return _Config.from_json_file.__func__(cls, path)
-
-    @classmethod
-    def from_pretrained(cls, directory):
-        return cls.from_json_file(Path(directory) / "config.json")
+    def from_pretrained(cls, directory):  # a checkpoint directory's config.json
+        return read_config(cls, Path(directory) / "config.json")
 
     def to_dict(self):
         return {"model_type": self.model_type, "text_config": self.text_config.to_dict(),
@@ -134,11 +126,13 @@ class AltCLIPConfig:
 
 def read_config(cls, path):
     """A tower or joint config from a config.json. A tower config may also be read out of a full AltCLIP config."""
-    with open(path, encoding="utf-8") as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise OSError(f"{path} is not valid JSON: {e}") from None
+    except FileNotFoundError:
+        raise OSError(f"no config.json in {Path(path).parent}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise OSError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(d, dict):
         raise OSError(f"{path}: expected a JSON object")
     model_type = d.get("model_type")

@@ -58,6 +58,8 @@ def test_official_legacy_config_like_transformers(tmp_path):
     assert ours.projection_dim == 768
     # a tower read out of the full config
     assert read_config(AltCLIPVisionConfig, path) == ours.vision_config
+    assert AltCLIPConfig.from_pretrained(tmp_path) == ours
+    assert AltCLIPTextConfig.from_pretrained(tmp_path) == ours.text_config
 
 
 def test_kwargs_nested_dicts_and_round_trip():
