@@ -4,13 +4,11 @@ import numpy as np
 
 from . import text, vision
 from .config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, read_config
-from .hub import resolve_pretrained
+from .hub import resolve_weights
 from .inputs import pixel_inputs, text_inputs
 from .layers import linear
 from .outputs import AltCLIPOutput, BaseModelOutputWithPooling, BaseModelOutputWithPoolingAndProjection
 from .weights import TensorSource, load_weights, open_checkpoint
-
-MODEL_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json"]
 
 
 class PreTrainedModel:
@@ -35,11 +33,11 @@ class PreTrainedModel:
     @classmethod
     def from_pretrained(cls, name_or_path, revision=None, cache_dir=None, local_files_only=False):
         """Load a checkpoint directory or Hub repo id (config.json + model.safetensors or pytorch_model.bin)."""
-        directory = resolve_pretrained(name_or_path, MODEL_FILES, revision=revision, cache_dir=cache_dir,
-                                       local_files_only=local_files_only)
+        directory, kind, weights_file = resolve_weights(name_or_path, revision=revision, cache_dir=cache_dir,
+                                                        local_files_only=local_files_only)
         config = read_config(cls.config_class, directory / "config.json")
-        source = open_checkpoint(directory)
-        return cls(config, load_weights(source, cls.expected_weights(config), str(directory)))
+        source = open_checkpoint(kind, weights_file)
+        return cls(config, load_weights(source, cls.expected_weights(config), str(weights_file)))
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)

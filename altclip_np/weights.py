@@ -157,6 +157,10 @@ def load_weights(source, expected, where):
     return {k: source.getter(by_canonical[k]) for k in expected}
 
 
-def open_checkpoint(directory):
-    """The TensorSource of a checkpoint directory: safetensors (single or sharded)."""
-    return TensorSource.from_safetensors(directory)
+def open_checkpoint(kind, weights_file):
+    """The TensorSource of a weights file found by hub.resolve_weights: "safetensors" (single or sharded) or
+    "torch" (pytorch_model.bin or its index, read without torch by a restricted unpickler)."""
+    if kind == "safetensors":
+        return TensorSource.from_safetensors(Path(weights_file).parent)
+    from .torch_pickle import load_torch_checkpoint
+    return TensorSource.from_arrays(load_torch_checkpoint(weights_file))
