@@ -1,0 +1,300 @@
+"""The installed `altclip-np` command, run as a subprocess on a tiny checkpoint made by tools/make_tiny_checkpoint.py.
+
+Numbers are checked against the library API (altclip_np) and against transformers; `embed` is interrupted on
+purpose (ALTCLIP_NP_TEST_CRASH makes it die like a kill -9 at a chosen point) and then rerun.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from altclip_np import AltCLIPModel, cli, parity
+from altclip_np.processor import AltCLIPProcessor
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = shutil.which("altclip-np") or pytest.skip("altclip-np is not installed (pip install -e .)",
+                                                    allow_module_level=True)
+LABELS = ["猫", "dog", "고양이", "a red car"]
+
+
+def run(*args, env=None, expect=0):
+    result = subprocess.run([COMMAND, *map(str, args)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    spec = importlib.util.spec_from_file_location("make_tiny_checkpoint", ROOT / "tools/make_tiny_checkpoint.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool.make_tiny_checkpoint(tmp_path_factory.mktemp("cli-tiny"))
+
+
+@pytest.fixture(scope="session")
+def ours(ckpt):
+    return AltCLIPModel.from_pretrained(ckpt), AltCLIPProcessor.from_pretrained(ckpt)
+
+
+def pattern(kind, height, width):
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = {"red": [(220, 30, 30)], "stripes": [(0, 0, 0), (255, 255, 0)],
+           "checks": [(255, 255, 255), (0, 0, 200)], "gradient": None, "green": [(20, 200, 40)]}[kind]
+    if rgb is None:
+        return np.stack([x * 255 // width, y * 255 // height, 128 + 0 * x], -1).astype(np.uint8)
+    index = {"stripes": (x // 4) % 2, "checks": (x // 5 + y // 5) % 2}.get(kind, 0 * x)
+    return np.array(rgb, dtype=np.uint8)[index]
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """5 readable images (2 in a subfolder), one broken .png and a .txt that is not an image."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "sub").mkdir()
+    for name, kind, shape in [("a.png", "red", (40, 48)), ("b.jpg", "stripes", (60, 30)),
+                              ("sub/c.png", "checks", (33, 33)), ("sub/d.bmp", "gradient", (50, 70)),
+                              ("e.png", "green", (31, 45))]:
+        Image.fromarray(pattern(kind, *shape)).save(root / name)
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def readable(photos):
+    return sorted(str(p) for p in photos.rglob("*") if p.suffix in (".png", ".jpg", ".bmp") and p.name != "broken.png")
+
+
+def image_embeddings(ours, paths):
+    model, processor = ours
+    pixels = processor(images=list(paths), return_tensors="np")["pixel_values"]
+    feats = model.get_image_features(pixel_values=pixels).pooler_output
+    return feats / np.linalg.norm(feats, axis=1, keepdims=True)
+
+
+def load_index(out):
+    return np.load(out), json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def image_index(ckpt, photos, tmp_path_factory):
+    """An uninterrupted embed of the photos folder: (index path, stderr)."""
+    out = tmp_path_factory.mktemp("index") / "photos.npy"
+    result = run("embed", photos, "--out", out, "--model", ckpt, "--batch-size", 2)
+    return out, result.stderr
+
+
+# ---- classify ----------------------------------------------------------------------------------------------
+
+def test_classify_json_matches_library_and_transformers(ckpt, ours, photos):
+    import torch
+    import transformers
+    images = [photos / "a.png", photos / "b.jpg", photos / "sub/d.bmp"]
+    template = "a photo of a {}."
+    got = json.loads(run("classify", *images, "--labels", *LABELS, "--model", ckpt, "--json").stdout)
+    assert [r["image"] for r in got] == [str(p) for p in images]
+    texts = [template.format(label) for label in LABELS]
+
+    model, processor = ours
+    enc = processor(text=texts, images=[str(p) for p in images], padding=True, return_tensors="np")
+    lib = cli.softmax(model(**enc).logits_per_image)
+    ref_processor = transformers.AltCLIPProcessor.from_pretrained(ckpt)
+    ref_model = transformers.AltCLIPModel.from_pretrained(ckpt).eval()
+    with torch.no_grad():
+        ref = ref_model(**ref_processor(text=texts, images=[str(p) for p in images], padding=True,
+                                        return_tensors="pt")).logits_per_image.softmax(-1).double().numpy()
+    for result, lib_row, ref_row in zip(got, lib, ref):
+        scores = [item["score"] for item in result["labels"]]
+        assert abs(sum(scores) - 1) < 1e-9 and scores == sorted(scores, reverse=True)
+        order = [LABELS.index(item["label"]) for item in result["labels"]]
+        assert np.diff(np.sort(ref_row)).min() > 1e-4  # the ranking below is not decided by rounding
+        assert order == list(np.argsort(-ref_row))
+        np.testing.assert_allclose(scores, lib_row[order], atol=1e-6)
+        np.testing.assert_allclose(scores, ref_row[order], atol=1e-5)
+
+
+def test_classify_text_output_top_k(ckpt, photos):
+    out = run("classify", photos / "e.png", "--labels", *LABELS, "--model", ckpt, "--top-k", 2,
+              "--template", "{}").stdout.splitlines()
+    assert out[0] == str(photos / "e.png") and len(out) == 3
+    probs = [float(line.split()[0]) for line in out[1:]]
+    assert probs == sorted(probs, reverse=True) and all(line.split(maxsplit=1)[1] in LABELS for line in out[1:])
+
+
+# ---- embed and search --------------------------------------------------------------------------------------
+
+def test_embed_images(image_index, ours, photos, ckpt):
+    out, stderr = image_index
+    rows, meta = load_index(out)
+    assert meta["sources"] == readable(photos)  # sorted, recursive, image extensions only, broken one skipped
+    assert meta["model"] == str(Path(ckpt).resolve()) and meta["kind"] == "image" and meta["dim"] == 16
+    assert rows.dtype == np.float32 and rows.shape == (5, 16)
+    np.testing.assert_allclose(rows, image_embeddings(ours, meta["sources"]), atol=1e-6)
+    assert "warning: skipping" in stderr and "broken.png" in stderr and "img/s" in stderr  # tqdm throughput
+    assert not list(out.parent.glob("*.part*")) and not list(out.parent.glob("*tmp*"))
+
+
+def test_search_ranks_like_the_library(image_index, ours):
+    out, _ = image_index
+    query = "a red car"
+    hits = json.loads(run("search", out, query, "--top-k", 3, "--json").stdout)  # model from the sidecar
+    rows, meta = load_index(out)
+    model, processor = ours
+    q = model.get_text_features(**processor(text=[query], padding=True, return_tensors="np")).pooler_output[0]
+    scores = rows @ (q / np.linalg.norm(q))
+    expected = np.argsort(-scores)[:3]
+    assert [h["row"] for h in hits] == list(expected) and [h["rank"] for h in hits] == [1, 2, 3]
+    assert [h["source"] for h in hits] == [meta["sources"][i] for i in expected]
+    np.testing.assert_allclose([h["score"] for h in hits], scores[expected], atol=1e-6)
+
+
+def test_embed_text_lines(ckpt, ours, tmp_path):
+    long_line = "a very long caption " * 40  # more tokens than the model's 64: truncated, not an error
+    lines = ["a photo of a cat", "一只猫的照片", "", "a photo of a cat", "고양이 사진", long_line.strip()]
+    (tmp_path / "captions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "captions.npy"
+    run("embed", "--text", tmp_path / "captions.txt", "--out", out, "--model", ckpt)
+    rows, meta = load_index(out)
+    # blank lines and duplicates are dropped
+    expected = ["a photo of a cat", "一只猫的照片", "고양이 사진", long_line.strip()]
+    assert meta["sources"] == expected and meta["kind"] == "text"
+    model, processor = ours
+    enc = processor(text=expected, padding=True, truncation=True, max_length=64, return_tensors="np")
+    feats = model.get_text_features(**enc).pooler_output
+    np.testing.assert_allclose(rows, feats / np.linalg.norm(feats, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_embed_resumes_after_a_kill(image_index, photos, tmp_path):
+    reference, _ = load_index(image_index[0])
+    out = tmp_path / "index.npy"
+    model = load_index(image_index[0])[1]["model"]
+    run("embed", photos, "--out", out, "--batch-size", 2, "--model", model,
+        env={cli.CRASH_ENV: "batch:2"}, expect=99)
+    assert not out.exists()  # nothing committed yet; the journal holds 3 rows (a, b, e; broken.png skipped)
+    part, log = cli.journal_paths(out)
+    with open(part, "ab") as f:  # a kill in the middle of writing the next batch
+        f.write(b"\0" * 7)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write('"/half/a/line')
+    result = run("embed", photos, "--out", out, "--batch-size", 2)  # the model comes from the journal
+    assert "(2 new, 3 already there)" in result.stdout  # the broken image is retried, and skipped again
+    rows, meta = load_index(out)
+    assert meta["sources"] == readable(photos)
+    np.testing.assert_allclose(rows, reference, atol=1e-6)
+    assert not part.exists() and not log.exists()
+    before = out.read_bytes()
+    assert "0 new" in run("embed", photos, "--out", out).stdout
+    assert out.read_bytes() == before
+
+
+def test_embed_killed_during_commit_leaves_a_consistent_index(image_index, photos, tmp_path):
+    reference, ref_meta = load_index(image_index[0])
+    reference = dict(zip(ref_meta["sources"], reference))
+    out, first = tmp_path / "index.npy", [photos / "a.png", photos / "sub/c.png"]
+    run("embed", *first, "--out", out, "--model", ref_meta["model"])
+    run("embed", photos, "--out", out, env={cli.CRASH_ENV: "commit"}, expect=99)
+    meta, rows = cli.read_index(out)  # the .npy was replaced, its sidecar not: still the 2 committed rows
+    assert meta["sources"] == [str(p) for p in first]
+    np.testing.assert_allclose(rows, [reference[str(p)] for p in first], atol=1e-6)
+    run("embed", photos, "--out", out)
+    rows, meta = load_index(out)
+    assert sorted(meta["sources"]) == readable(photos) and len(rows) == 5  # no duplicate rows
+    np.testing.assert_allclose(rows, [reference[s] for s in meta["sources"]], atol=1e-6)
+
+
+# ---- errors and help ---------------------------------------------------------------------------------------
+
+ERRORS = {  # name: (arguments, exit status, text in the message); "{ckpt}", "{photos}", "{tmp}" filled in
+    "no labels": (["classify", "{photos}/a.png", "--labels", "--model", "{ckpt}"], 2, "--labels"),
+    "blank labels": (["classify", "{photos}/a.png", "--labels", " ", "--model", "{ckpt}"], 1, "no labels"),
+    "unreadable image": (["classify", "{photos}/a.png", "{photos}/broken.png", "--labels", "x", "--model",
+                          "{ckpt}"], 1, "broken.png"),
+    "missing image": (["classify", "{tmp}/nope.png", "--labels", "x", "--model", "{ckpt}"], 1, "nope.png"),
+    "missing model": (["classify", "{photos}/a.png", "--labels", "x", "--model", "{tmp}/no-model"], 1,
+                      "cannot load model"),
+    "unwritable output": (["embed", "{photos}", "--out", "{tmp}/no/such/dir/x.npy", "--model", "{ckpt}"], 1,
+                          "cannot write"),
+    "output not .npy": (["embed", "{photos}", "--out", "{tmp}/x.txt", "--model", "{ckpt}"], 1, ".npy"),
+    "nothing to embed": (["embed", "--out", "{tmp}/x.npy"], 1, "--text"),
+    "missing index": (["search", "{tmp}/none.npy", "cat"], 1, "no index"),
+    "bad top-k": (["search", "{tmp}/none.npy", "cat", "--top-k", "0"], 2, "positive integer"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ERRORS))
+def test_errors_are_one_line(name, ckpt, photos, tmp_path):
+    args, status, text = ERRORS[name]
+    args = [a.format(ckpt=ckpt, photos=photos, tmp=tmp_path) for a in args]
+    result = run(*args, expect=status)
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("altclip-np")
+    assert text in result.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["classify"], ["embed"], ["search"], ["parity"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, "--help"])
+    assert exit_info.value.code == 0 and "usage: altclip-np" in capsys.readouterr().out
+
+
+# ---- parity ------------------------------------------------------------------------------------------------
+
+def test_parity_table_matches_a_direct_comparison(ckpt, ours):
+    import torch
+    import transformers
+    report = json.loads(run("parity", "--model", ckpt, "--json").stdout)
+    rows = {row["layer"]: row for row in report["rows"]}
+    layers = [f"{tower}.layer.{i}" for tower in ("text", "vision") for i in range(2)]
+    expected = ["processor.input_ids", "processor.attention_mask", "processor.pixel_values", "text.embeddings",
+                "text.pre_LN", "text.transformation", "text.projection", "vision.embeddings", "vision.pre_layrnorm",
+                "vision.post_layernorm", "vision.projection", "text_embeds", "image_embeds", "logits_per_image"]
+    assert sorted(rows) == sorted(expected + layers)
+    assert report["first_past_tolerance"] is None and all(row["ok"] for row in rows.values())
+
+    model, processor = ours  # the same inputs, compared here without parity.py's code
+    enc = processor(text=parity.DEFAULT_TEXTS, images=parity.default_images(), padding=True, return_tensors="np")
+    out = model(**enc, output_hidden_states=True)
+    ref_model = transformers.AltCLIPModel.from_pretrained(ckpt, attn_implementation="eager").eval()
+    with torch.no_grad():
+        ref = ref_model(**{k: torch.from_numpy(v) for k, v in enc.items()}, output_hidden_states=True)
+    direct = {"text.layer.1": (out.text_model_output.hidden_states[2], ref.text_model_output.hidden_states[2]),
+              "vision.layer.0": (out.vision_model_output.hidden_states[1], ref.vision_model_output.hidden_states[1]),
+              "vision.post_layernorm": (out.vision_model_output.pooler_output,
+                                        ref.vision_model_output.pooler_output),
+              "logits_per_image": (out.logits_per_image, ref.logits_per_image)}
+    for name, (a, b) in direct.items():
+        a, b = np.float64(a), b.double().numpy()
+        max_abs = np.abs(a - b).max()
+        assert rows[name]["max_abs"] == pytest.approx(max_abs, rel=1e-6, abs=1e-12), name
+        assert rows[name]["max_rel"] == pytest.approx(max_abs / np.abs(b).max(), rel=1e-6, abs=1e-12), name
+        cosine = (a.ravel() @ b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b)
+        assert rows[name]["cosine"] == pytest.approx(cosine, abs=1e-12), name
+        assert rows[name]["shape"] == list(b.shape)
+
+
+def test_parity_flags_the_first_layer_past_tolerance(ckpt, capsys):
+    assert cli.main(["parity", "--model", str(ckpt), "--tol", "1e-12", "--text", "hello"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("first layer past tolerance: text.embeddings")
+    assert "past tolerance" in next(line for line in lines if line.startswith("text.embeddings"))
+
+    pairs = [("a", np.ones(3), np.ones(3)), ("b", np.array([1.0, 2.0]), np.array([1.0, 2.1])),
+             ("c", np.zeros(2), np.zeros(3))]
+    rows, first = parity.report(pairs, tol=1e-3)
+    assert first == "b" and [r["ok"] for r in rows] == [True, False, False] and "error" in rows[2]
+    assert rows[1]["max_abs"] == pytest.approx(0.1) and rows[1]["max_rel"] == pytest.approx(0.1 / 2.1)
+
+
+def test_parity_without_transformers_is_one_line(tmp_path):
+    fake = tmp_path / "torch"  # shadows the real torch: importing it fails as if it were not installed
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
+    result = run("parity", "--model", tmp_path, env={"PYTHONPATH": str(tmp_path)}, expect=1)
+    assert result.stderr.strip().count("\n") == 0 and "needs torch and transformers" in result.stderr
