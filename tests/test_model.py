@@ -6,9 +6,7 @@ Observed (float32, both backends): max abs difference <= 2e-6 on logits, <= 1.5e
 import numpy as np
 import pytest
 import torch
-import transformers
 
-import altclip_np
 from altclip_np import AltCLIPModel, AltCLIPTextModel, AltCLIPVisionModel
 from altclip_np.vision import bicubic_resize
 from conftest import TINY_CONFIGS, images, make_tiny_checkpoint, max_diff, text_batch, torch_run

@@ -196,8 +196,8 @@ def test_graphemes_match_regex():
     a few letters of other scripts sharing those blocks (Buginese, Batak, Tai Viet, Old South Arabian, ...).
     """
     regex = pytest.importorskip("regex")
-    from altclip_np.tokenizer import _graphemes
+    from altclip_np.graphemes import graphemes
 
     lines = [line.decode("utf-8") for line in DATA.read_bytes().split(b"\n")]
     for text in lines + GRAPHEME_CASES + ["".join(GRAPHEME_CASES)]:
-        assert _graphemes(text) == regex.findall(r"\X", text), ascii(text)
+        assert graphemes(text) == regex.findall(r"\X", text), ascii(text)
