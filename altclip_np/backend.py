@@ -1,15 +1,24 @@
-"""The one switch between plain NumPy and the Numba kernels in `kernels/`.
+"""The one switch between plain NumPy and the Numba kernels of `kernels/`.
 
-Every matmul and attention of the model goes through `linear` and `attention` below, so a reader sees the
-maths in NumPy (`backend="numpy"`) and a user gets the fast kernels (`backend="numba"`, the default once
-`kernels/` is in place). Pick with `set_backend(...)`, or the environment variable ALTCLIP_NP_BACKEND.
+The model's maths is written once, in NumPy, in layers.py; each op there asks `uses(family)` whether to hand
+its work to a Numba kernel instead. The families are "matmul" (the hand-written GEMM), "attention" (fused
+scaled-dot-product attention) and "elementwise" (LayerNorm, activations, the bias+activation and
+bias+residual fusions).
+  "numpy"  plain NumPy: the readable reference (its matmuls run on NumPy's OpenBLAS).
+  "numba"  every family on this project's Numba kernels.
+  "auto"   (default) the fastest combination measured with tools/bench.py on the project's machine: dense
+           GEMMs and attention's batched matmuls on OpenBLAS (faster than the Numba GEMM at every model
+           shape), LayerNorm, activations and the fusions on Numba (README, "Speed").
+Pick with `set_backend(...)`, or the environment variable ALTCLIP_NP_BACKEND. The kernels package (and Numba
+with it) is imported only when a backend that uses it first runs an op.
 """
 import os
 
-import numpy as np
-
-BACKENDS = ("numpy", "numba")
-_backend = os.environ.get("ALTCLIP_NP_BACKEND", "numpy")
+BACKENDS = ("numpy", "numba", "auto")
+DEFAULT = "auto"
+FAMILIES = {"numpy": frozenset(), "numba": frozenset({"matmul", "attention", "elementwise"}),
+            "auto": frozenset({"elementwise"})}
+_backend = DEFAULT
 
 
 def set_backend(name):
@@ -23,21 +32,14 @@ def get_backend():
     return _backend
 
 
-def linear(x, w, b=None):  # [..., in], [out, in] (checkpoint layout), [out] -> [..., out]
-    y = x @ w.T
-    if b is not None:
-        y += b
-    return y
+def uses(family):
+    """True when the current backend runs `family` ("matmul", "attention", "elementwise") on Numba."""
+    return family in FAMILIES[_backend]
 
 
-def attention(q, k, v, mask, scale, return_probs=False):
-    """Scaled dot-product attention.  # q,k,v [B, H, T, Dh], mask additive [B, 1, 1, T] or None
-    -> out [B, H, T, Dh] (and probs [B, H, T, T] when return_probs, else None)"""
-    scores = (q @ k.transpose(0, 1, 3, 2)) * np.float32(scale)
-    if mask is not None:
-        scores += mask
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    out = scores @ v
-    return out, (scores if return_probs else None)
+def kernels():
+    import kernels
+    return kernels
+
+
+set_backend(os.environ.get("ALTCLIP_NP_BACKEND", DEFAULT))

@@ -1,7 +1,7 @@
 """The building blocks shared by both towers, one small function per idea (after picoGPT's gpt2.py).
 
 Weights are plain arrays named by their checkpoint keys; a Linear weight stays in its [out, in] layout.
-Matmuls and attention go through `backend`, which is plain NumPy or the Numba kernels of `kernels/`.
+Each op is written in NumPy; where the backend says so (backend.py), the same maths runs in a Numba kernel.
 """
 import math
 
@@ -11,6 +11,8 @@ from . import backend
 
 
 def layer_norm(x, w, b, eps):  # [..., d], [d], [d] -> [..., d]
+    if backend.uses("elementwise"):
+        return backend.kernels().layer_norm(x, w, b, eps)
     mean = x.mean(axis=-1, keepdims=True)
     var = np.square(x - mean).mean(axis=-1, keepdims=True)
     return (x - mean) / np.sqrt(var + np.float32(eps)) * w + b
@@ -45,16 +47,36 @@ def relu(x):
 
 ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "quick_gelu": quick_gelu,
                "silu": silu, "swish": silu, "relu": relu}
+FUSED = ("gelu", "quick_gelu")  # the activations the Numba bias+activation kernel knows
 
 
-def activation(name):
+def check_activation(name):
     if name not in ACTIVATIONS:
         raise ValueError(f"unsupported hidden_act {name!r}; expected one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+    return name
 
 
-def linear(x, w, b=None):  # [..., in], [out, in], [out] -> [..., out]
-    return backend.linear(x, w, b)
+def linear(x, w, b=None, act=None, residual=None):  # [..., in], [out, in], [out] -> act(x @ w.T + b) + residual
+    """One [M, in] x [in, out] GEMM (a 3-D `x @ w.T` would run one small GEMM per batch row), then the bias,
+    the activation `act` (a name, or None) and the `residual` [..., out], fused in one pass on Numba."""
+    lead = x.shape[:-1]
+    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    y = backend.kernels().matmul_nt(x2, w) if backend.uses("matmul") else x2 @ w.T  # [M, out]
+    if backend.uses("elementwise") and act in (None, *FUSED):
+        k = backend.kernels()
+        if act is not None or residual is None:
+            k.bias_act_(y, b, {None: k.ACT_NONE, "gelu": k.ACT_GELU, "quick_gelu": k.ACT_QUICK_GELU}[act])
+            b = None
+        if residual is not None:
+            k.bias_residual_(y, b, residual.reshape(y.shape))
+    else:
+        if b is not None:
+            y += b
+        if act is not None:
+            y = ACTIVATIONS[act](y)
+        if residual is not None:
+            y += residual.reshape(y.shape)
+    return y.reshape(lead + (w.shape[0],))
 
 
 def split_heads(x, n_head):  # [B, T, C] -> [B, H, T, C/H]
@@ -67,12 +89,28 @@ def merge_heads(x):  # [B, H, T, Dh] -> [B, T, H*Dh]
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * Dh)
 
 
+def attention(q, k, v, mask, scale, return_probs=False):  # [B, H, T, Dh] x3, [B, 1, 1, T] | None
+    """softmax(q k^T * scale + mask) v -> [B, H, T, Dh], and the probabilities [B, H, T, T] if asked."""
+    if backend.uses("attention"):
+        return backend.kernels().attention(q, k, v, mask, scale, return_probs)
+    scores = q @ k.transpose(0, 1, 3, 2)  # [B, H, T, T] on OpenBLAS
+    if backend.uses("elementwise"):  # scale, mask and softmax in one parallel pass
+        probs = backend.kernels().softmax(scores, scale, mask, out=scores)
+        return probs @ v, (probs if return_probs else None)
+    scores *= np.float32(scale)
+    if mask is not None:
+        scores += mask
+    scores -= scores.max(axis=-1, keepdims=True)  # stable: exp never overflows
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores @ v, (scores if return_probs else None)
+
+
 def mha(x, mask, q, k, v, n_head, return_probs=False):
     """Multi-head self-attention without the output projection.  # [B, T, C] -> [B, T, C], [B, H, T, T]|None
     q, k, v are (weight, bias) pairs; mask is additive [B, 1, 1, T] or None."""
     heads = [split_heads(linear(x, *wb), n_head) for wb in (q, k, v)]
-    scale = (x.shape[-1] // n_head) ** -0.5
-    out, probs = backend.attention(*heads, mask, scale, return_probs)
+    out, probs = attention(*heads, mask, (x.shape[-1] // n_head) ** -0.5, return_probs)
     return merge_heads(out), probs
 
 

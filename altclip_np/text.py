@@ -5,7 +5,7 @@ B = batch, T = tokens, C = hidden size, H = heads.
 """
 import numpy as np
 
-from .layers import activation, additive_mask, layer_norm, linear, mha
+from .layers import additive_mask, check_activation, layer_norm, linear, mha
 
 P = "text_model."  # every key of the text tower starts with this (AltCLIPModel's naming)
 
@@ -47,16 +47,16 @@ def embeddings_forward(w, cfg, input_ids, inputs_embeds, token_type_ids, positio
 
 def roberta_layer(x, mask, w, l, cfg, return_probs=False):  # [B, T, C] -> [B, T, C], probs
     """Post-LN: x = LN(x + attn(x)); x = LN(x + ffn(x)). `l` is the layer's key prefix."""
-    eps, act = cfg.layer_norm_eps, activation(cfg.hidden_act)
+    eps = cfg.layer_norm_eps
     s = l + "attention.self."
     a, probs = mha(x, mask, *[(w[f"{s}{n}.weight"], w[f"{s}{n}.bias"]) for n in ("query", "key", "value")],
                    cfg.num_attention_heads, return_probs)
     o = l + "attention.output."
-    x = layer_norm(linear(a, w[o + "dense.weight"], w[o + "dense.bias"]) + x,
+    x = layer_norm(linear(a, w[o + "dense.weight"], w[o + "dense.bias"], residual=x),
                    w[o + "LayerNorm.weight"], w[o + "LayerNorm.bias"], eps)
-    h = act(linear(x, w[l + "intermediate.dense.weight"], w[l + "intermediate.dense.bias"]))
+    h = linear(x, w[l + "intermediate.dense.weight"], w[l + "intermediate.dense.bias"], act=cfg.hidden_act)
     o = l + "output."
-    x = layer_norm(linear(h, w[o + "dense.weight"], w[o + "dense.bias"]) + x,
+    x = layer_norm(linear(h, w[o + "dense.weight"], w[o + "dense.bias"], residual=x),
                    w[o + "LayerNorm.weight"], w[o + "LayerNorm.bias"], eps)
     return x, probs
 
@@ -64,6 +64,7 @@ def roberta_layer(x, mask, w, l, cfg, return_probs=False):  # [B, T, C] -> [B, T
 def text_forward(w, cfg, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, output_attentions=False, output_hidden_states=False):
     """The whole text tower on validated inputs. Returns (projected [B, T, D], hidden_states, attentions)."""
+    check_activation(cfg.hidden_act)
     x = embeddings_forward(w, cfg, input_ids, inputs_embeds, token_type_ids, position_ids)
     mask = None if attention_mask is None or attention_mask.all() else additive_mask(attention_mask)
     hidden_states, attentions = [x], []

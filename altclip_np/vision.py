@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .layers import activation, layer_norm, linear, mha
+from .layers import check_activation, layer_norm, linear, mha
 
 P = "vision_model."
 
@@ -90,15 +90,16 @@ def encoder_layer(x, w, l, cfg, return_probs=False):  # [B, T, D] -> [B, T, D], 
     h = layer_norm(x, w[l + "layer_norm1.weight"], w[l + "layer_norm1.bias"], eps)
     a, probs = mha(h, None, *[(w[f"{s}{n}.weight"], w[f"{s}{n}.bias"]) for n in ("q_proj", "k_proj", "v_proj")],
                    cfg.num_attention_heads, return_probs)
-    x = x + linear(a, w[s + "out_proj.weight"], w[s + "out_proj.bias"])
+    x = linear(a, w[s + "out_proj.weight"], w[s + "out_proj.bias"], residual=x)
     h = layer_norm(x, w[l + "layer_norm2.weight"], w[l + "layer_norm2.bias"], eps)
-    h = activation(cfg.hidden_act)(linear(h, w[l + "mlp.fc1.weight"], w[l + "mlp.fc1.bias"]))
-    return x + linear(h, w[l + "mlp.fc2.weight"], w[l + "mlp.fc2.bias"]), probs
+    h = linear(h, w[l + "mlp.fc1.weight"], w[l + "mlp.fc1.bias"], act=cfg.hidden_act)
+    return linear(h, w[l + "mlp.fc2.weight"], w[l + "mlp.fc2.bias"], residual=x), probs
 
 
 def vision_forward(w, cfg, pixel_values, interpolate_pos_encoding=False, output_attentions=False,
                    output_hidden_states=False):
     """The whole vision tower on validated inputs. Returns (last_hidden [B, T, D], pooled [B, D], hidden, attn)."""
+    check_activation(cfg.hidden_act)
     x = embeddings_forward(w, cfg, pixel_values, interpolate_pos_encoding)
     x = layer_norm(x, w[P + "pre_layrnorm.weight"], w[P + "pre_layrnorm.bias"], cfg.layer_norm_eps)
     hidden_states, attentions = [x], []

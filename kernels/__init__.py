@@ -1,0 +1,24 @@
+"""Numba kernels for altclip_np, each beside a plain-NumPy twin (`*_numpy`) that states its maths.
+
+Compiled on first use and cached on disk (`cache=True`): the first call in a fresh install takes a few
+seconds per kernel; later processes load the machine code in milliseconds.
+"""
+import os
+
+# The model alternates these kernels with OpenBLAS GEMMs on the same cores. With OpenMP's default wait policy
+# Numba's idle threads spin and starve the GEMM's threads (measured: a GEMM + attention pair 10-20x slower);
+# PASSIVE puts them to sleep at once. libgomp reads this when Numba first loads it, i.e. at the first kernel.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .attention import attention, attention_numpy
+from .elementwise import (ACT_GELU, ACT_NONE, ACT_QUICK_GELU, bias_act_, bias_act_numpy, bias_residual_,
+                          bias_residual_numpy, erf_numpy, exp_numpy, gelu, gelu_numpy, layer_norm, layer_norm_numpy,
+                          quick_gelu, quick_gelu_numpy, softmax, softmax_numpy)
+from .matmul import matmul_nt, matmul_nt_numpy
+
+__all__ = [
+    "attention", "attention_numpy", "matmul_nt", "matmul_nt_numpy", "layer_norm", "layer_norm_numpy",
+    "gelu", "gelu_numpy", "quick_gelu", "quick_gelu_numpy", "softmax", "softmax_numpy", "bias_act_",
+    "bias_act_numpy", "bias_residual_", "bias_residual_numpy", "exp_numpy", "erf_numpy",
+    "ACT_NONE", "ACT_GELU", "ACT_QUICK_GELU",
+]

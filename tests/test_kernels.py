@@ -1,0 +1,143 @@
+"""Every Numba kernel of `kernels/` against its NumPy twin, on awkward shapes (nothing a multiple of a tile or
+block: 1 row, 1 key, a ragged last block), at float32 tolerance. No timing here: see tools/bench.py."""
+import math
+
+import numpy as np
+import pytest
+
+import kernels as K
+from kernels.attention import RB
+from kernels.matmul import KC, NC
+
+RNG = np.random.default_rng(0)
+F32_MIN = np.finfo(np.float32).min
+
+
+def randn(*shape, scale=1.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def close(ours, ref, atol=1e-5, rtol=1e-5):
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=atol, rtol=rtol)
+
+
+# ---- matmul --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 5, 7), (257, 70, 45), (5, KC + 3, NC + 5), (9, 2 * KC + 1, 2 * NC - 1),
+                                   (64, 128, 256)])
+def test_matmul_nt(m, k, n):
+    a, b = randn(m, k), randn(n, k)
+    close(K.matmul_nt(a, b), K.matmul_nt_numpy(a, b), atol=2e-5 * math.sqrt(k))
+
+
+def test_matmul_read_only_weight_and_out():
+    a = randn(6, 33)
+    b = randn(10, 33)
+    b.flags.writeable = False  # a memory-mapped checkpoint weight is read-only
+    out = np.full((6, 10), np.nan, np.float32)
+    assert K.matmul_nt(a, b, out=out) is out
+    close(out, a @ b.T, atol=1e-4)
+
+
+# ---- attention -----------------------------------------------------------------------------------------------
+
+def attention_cases():
+    yield "seq1", (2, 3, 1, 8), None
+    yield "ragged", (2, 3, RB + 5, 13), None
+    yield "long", (1, 2, 2 * RB + 1, 64), None
+    for name, (b, h, t, d) in {"padded": (3, 2, 11, 6), "one-key": (2, 4, RB + 3, 16)}.items():
+        mask = np.zeros((b, 1, 1, t), np.float32)
+        mask[0, ..., t // 2:] = F32_MIN  # half the keys hidden
+        mask[-1, ..., 1:] = F32_MIN  # all but one key hidden
+        yield name, (b, h, t, d), mask
+
+
+@pytest.mark.parametrize("name,shape,mask", list(attention_cases()), ids=lambda c: c if isinstance(c, str) else "")
+def test_attention(name, shape, mask):
+    q, k, v = randn(*shape, scale=2.0), randn(*shape), randn(*shape)
+    scale = shape[-1] ** -0.5
+    out, probs = K.attention(q, k, v, mask, scale, return_probs=True)
+    ref_out, ref_probs = K.attention_numpy(q, k, v, mask, scale, return_probs=True)
+    close(out, ref_out)
+    close(probs, ref_probs, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    if mask is not None:
+        assert np.all(probs[-1, :, :, 1:] == 0.0) and np.all(probs[-1, :, :, 0] == 1.0)
+        close(out[-1], np.broadcast_to(v[-1, :, :1], v[-1].shape).copy())
+    out2, none = K.attention(q, k, v, mask, scale)  # the path without probabilities gives the same output
+    assert none is None
+    np.testing.assert_array_equal(out2, out)
+
+
+def test_attention_non_contiguous_inputs():
+    x = randn(2, 9, 3, 8).transpose(0, 2, 1, 3)  # [B, T, H, D] viewed as [B, H, T, D], as split_heads gives
+    out, _ = K.attention(x, x, x, None, 0.3)
+    close(out, K.attention_numpy(x, x, x, None, 0.3)[0])
+
+
+# ---- elementwise ---------------------------------------------------------------------------------------------
+
+def test_exp_and_erf_twins_against_libm():
+    x = np.linspace(-80, 80, 20001, dtype=np.float32)
+    np.testing.assert_allclose(K.exp_numpy(x), np.exp(x.astype(np.float64)), rtol=3e-7)
+    x = np.linspace(-6, 6, 20001, dtype=np.float32)
+    erf = np.array([math.erf(float(t)) for t in x])
+    assert np.abs(K.erf_numpy(x) - erf).max() < 5e-7
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7,), (3, 5, 37), (17, 1025)])
+def test_activations(shape):
+    x = randn(*shape, scale=4.0)
+    close(K.gelu(x), K.gelu_numpy(x), atol=2e-6)
+    close(K.quick_gelu(x), K.quick_gelu_numpy(x), atol=2e-6)
+    exact = x / (1 + np.exp(-1.702 * x.astype(np.float64)))
+    close(K.quick_gelu(x), exact.astype(np.float32), atol=2e-6)
+
+
+@pytest.mark.parametrize("act", [K.ACT_NONE, K.ACT_GELU, K.ACT_QUICK_GELU])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_act_in_place(act, with_bias):
+    y, b = randn(4, 9, 21, scale=3.0), randn(21) if with_bias else None
+    ref = K.bias_act_numpy(y, b, act)
+    out = K.bias_act_(y, b, act)
+    assert out is y
+    close(y, ref, atol=2e-6)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_residual_in_place(with_bias):
+    y, r, b = randn(5, 33), randn(5, 33), randn(33) if with_bias else None
+    ref = K.bias_residual_numpy(y, b, r)
+    assert K.bias_residual_(y, b, r) is y
+    close(y, ref)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 4, 37), (257, 1024)])
+def test_layer_norm(shape):
+    x, w, b = randn(*shape, scale=3.0) + 5.0, randn(shape[-1]), randn(shape[-1])
+    w.flags.writeable = b.flags.writeable = False
+    close(K.layer_norm(x, w, b, 1e-5), K.layer_norm_numpy(x, w, b, 1e-5), atol=3e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3, 5), (4, 257)])
+def test_softmax(shape):
+    x = randn(*shape, scale=10.0)
+    x[..., -1] = F32_MIN  # a masked entry
+    out = K.softmax(x)
+    close(out, K.softmax_numpy(x), atol=1e-6)
+    ref = np.exp(x - x.max(-1, keepdims=True))
+    close(out, ref / ref.sum(-1, keepdims=True), atol=1e-6)
+
+
+@pytest.mark.parametrize("b,h,t,s", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 16, 17, 17)])
+def test_scaled_masked_softmax_in_place(b, h, t, s):
+    """Attention's softmax(scores * scale + mask), the mask broadcast over heads and query rows."""
+    scores = randn(b, h, t, s, scale=4.0)
+    mask = np.zeros((b, 1, 1, s), np.float32)
+    mask[0, ..., 1:] = F32_MIN  # the first row attends to one key only
+    ref = K.softmax_numpy(scores, 0.125, mask)
+    out = K.softmax(scores, 0.125, mask, out=scores)
+    assert out is not None and np.shares_memory(out, scores)
+    close(out, ref, atol=1e-6)
+    np.testing.assert_array_equal(out[0, ..., 0], 1.0)
