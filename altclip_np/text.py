@@ -6,6 +6,7 @@ B = batch, T = tokens, C = hidden size, H = heads.
 import numpy as np
 
 from .layers import additive_mask, check_activation, layer_norm, linear, mha
+from .weights import release
 
 P = "text_model."  # every key of the text tower starts with this (AltCLIPModel's naming)
 
@@ -69,7 +70,9 @@ def text_forward(w, cfg, input_ids=None, attention_mask=None, token_type_ids=Non
     mask = None if attention_mask is None or attention_mask.all() else additive_mask(attention_mask)
     hidden_states, attentions = [x], []
     for i in range(cfg.num_hidden_layers):
-        x, probs = roberta_layer(x, mask, w, f"{P}roberta.encoder.layer.{i}.", cfg, output_attentions)
+        layer = f"{P}roberta.encoder.layer.{i}."
+        x, probs = roberta_layer(x, mask, w, layer, cfg, output_attentions)
+        release([a for key, a in w.items() if key.startswith(layer)])  # resident weights: ~one layer
         hidden_states.append(x)
         attentions.append(probs)
     x = layer_norm(x, w[P + "pre_LN.weight"], w[P + "pre_LN.bias"], cfg.layer_norm_eps)

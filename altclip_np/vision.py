@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from .layers import check_activation, layer_norm, linear, mha
+from .weights import release
 
 P = "vision_model."
 
@@ -104,7 +105,9 @@ def vision_forward(w, cfg, pixel_values, interpolate_pos_encoding=False, output_
     x = layer_norm(x, w[P + "pre_layrnorm.weight"], w[P + "pre_layrnorm.bias"], cfg.layer_norm_eps)
     hidden_states, attentions = [x], []
     for i in range(cfg.num_hidden_layers):
-        x, probs = encoder_layer(x, w, f"{P}encoder.layers.{i}.", cfg, output_attentions)
+        layer = f"{P}encoder.layers.{i}."
+        x, probs = encoder_layer(x, w, layer, cfg, output_attentions)
+        release([a for key, a in w.items() if key.startswith(layer)])  # resident weights: ~one layer
         hidden_states.append(x)
         attentions.append(probs)
     pooled = layer_norm(x[:, 0], w[P + "post_layernorm.weight"], w[P + "post_layernorm.bias"], cfg.layer_norm_eps)

@@ -164,3 +164,32 @@ def open_checkpoint(kind, weights_file):
         return TensorSource.from_safetensors(Path(weights_file).parent)
     from .torch_pickle import load_torch_checkpoint
     return TensorSource.from_arrays(load_torch_checkpoint(weights_file))
+
+
+# ---- giving pages back ----------------------------------------------------------------------------------
+
+PAGE = mmap.PAGESIZE
+
+
+def _mapping(array):
+    """The mmap an array views (through its chain of bases), or None for an in-memory array."""
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None) if isinstance(base, np.ndarray) else getattr(base, "obj", None)
+    return base
+
+
+def release(arrays):
+    """Drop the pages of memory-mapped weights from this process's resident set (madvise DONTNEED).
+
+    The data stays in the OS page cache, so the next use maps it back with a cheap minor fault; called after
+    each encoder layer, it keeps the resident weights to about one layer instead of the whole model."""
+    for a in arrays:
+        mm = _mapping(a)
+        if mm is None or not hasattr(mm, "madvise"):
+            continue
+        offset = a.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8, 1).__array_interface__["data"][0]
+        start = -(-offset // PAGE) * PAGE  # only whole pages inside the tensor: neighbours keep theirs
+        end = (offset + a.nbytes) // PAGE * PAGE
+        if end > start:
+            mm.madvise(mmap.MADV_DONTNEED, start, end - start)

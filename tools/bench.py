@@ -1,0 +1,315 @@
+"""altclip_np against transformers + torch at the real BAAI/AltCLIP sizes, on this machine, in one run.
+
+    python tools/bench.py [--threads 2] [--reps 5] [--quick]
+
+The checkpoint (ViT-L/14 at 224 + XLM-R large, 864M random parameters, 3.2 GiB of safetensors) is made once
+with transformers' `AltCLIPModel(config).save_pretrained` and cached under ~/.cache/altclip-np-bench, with a
+small SentencePiece model and processor files so both sides can run their processors.
+Every comparison alternates the two sides (A B A B ...) after a warm-up and quotes medians, because the
+machine is shared. Prints Markdown tables. Needs torch and transformers (the test extra).
+"""
+import argparse
+import os
+import sys
+
+THREADS = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = str(THREADS)  # before numpy, numba or torch load their thread pools
+
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+BASE_ENV = dict(os.environ)  # for the child processes: without what `kernels` sets for its own OpenMP runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+CACHE = Path(os.environ.get("ALTCLIP_NP_BENCH_CACHE", Path.home() / ".cache" / "altclip-np-bench"))
+CKPT = CACHE / "altclip-large-random"
+LABELS = ["a photo of a cat", "a photo of a dog", "a photo of a car"]
+GEMM_SHAPES = [(m, k, n) for m in (257, 2056) for k, n in ((1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024))]
+ATTN_SHAPES = [(1, 257), (8, 257), (8, 16), (8, 77), (32, 16)]  # (batch, tokens), 16 heads of 64
+TEXT = dict(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+            intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1, project_dim=768,
+            hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1)
+VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+              image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+
+
+def median_alternating(fns, reps, warmup=1, best=None):
+    """{name: median seconds}, running the callables in turn `reps` times after `warmup` rounds
+    (and the fastest run of each in `best`, if a dict is given)."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t)
+    if best is not None:
+        best.update({name: min(ts) for name, ts in times.items()})
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+# ---- the checkpoint -----------------------------------------------------------------------------------------
+
+def build_checkpoint():
+    if (CKPT / "model.safetensors").is_file() and (CKPT / "sentencepiece.bpe.model").is_file():
+        return CKPT
+    import torch
+    import transformers
+    from make_tiny_checkpoint import corpus_lines, train_sentencepiece, write_processor_files
+
+    print(f"building the full-size random checkpoint in {CKPT} (once) ...", file=sys.stderr, flush=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=CACHE))
+    train_sentencepiece(tmp, corpus_lines())
+    write_processor_files(tmp)
+    pre = json.loads((tmp / "preprocessor_config.json").read_text())
+    pre.update(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    (tmp / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    torch.manual_seed(0)
+    config = transformers.AltCLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=768)
+    transformers.AltCLIPModel(config).eval().save_pretrained(tmp)
+    tmp.rename(CKPT)
+    return CKPT
+
+
+# ---- FLOP counts (multiply-add = 2) ---------------------------------------------------------------------------
+
+def encoder_flops(tokens, d, f, layers, heads):  # per sequence
+    dense = 2 * tokens * (4 * d * d + 2 * d * f)
+    attn = 2 * 2 * tokens * tokens * d
+    return layers * (dense + attn)
+
+
+def vision_flops(batch):
+    t = (224 // 14) ** 2 + 1
+    return batch * (2 * (t - 1) * 3 * 14 * 14 * 1024 + encoder_flops(t, 1024, 4096, 24, 16) + 2 * 1024 * 768)
+
+
+def text_flops(batch, tokens):
+    return batch * (encoder_flops(tokens, 1024, 4096, 24, 16) + 2 * tokens * 1024 * 768 + 2 * 768 * 768)
+
+
+# ---- sections ---------------------------------------------------------------------------------------------------
+
+def gemm_section(reps):
+    from kernels import matmul_nt
+
+    rng = np.random.default_rng(0)
+    rows, peak = [], 0.0
+    for m, k, n in GEMM_SHAPES:
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        w = rng.standard_normal((n, k), dtype=np.float32)
+        out = np.empty((m, n), np.float32)
+        fastest = {}
+        t = median_alternating({"numba": lambda: matmul_nt(a, w, out), "blas": lambda: a @ w.T}, reps, best=fastest)
+        gf = {s: 2 * m * k * n / t[s] / 1e9 for s in t}
+        peak = max(peak, 2 * m * k * n / fastest["blas"] / 1e9)  # the machine's sgemm peak: OpenBLAS's best run
+        rows.append(f"| {m} x {k} x {n} | {gf['numba']:.0f} | {gf['blas']:.0f} | {gf['numba'] / gf['blas']:.0%} |")
+    table = ["| GEMM M x K x N | Numba GFLOP/s | OpenBLAS GFLOP/s | Numba / OpenBLAS |", "|---|---|---|---|", *rows]
+    return table, peak
+
+
+def attention_section(reps):
+    from kernels import attention, attention_numpy
+
+    rng = np.random.default_rng(0)
+    rows = ["| attention B x T (16 heads x 64) | Numba ms | NumPy twin ms | speed-up |", "|---|---|---|---|"]
+    for b, t in ATTN_SHAPES:
+        q, k, v = (rng.standard_normal((b, 16, t, 64), dtype=np.float32) for _ in range(3))
+        mask = np.zeros((b, 1, 1, t), np.float32)
+        mask[0, ..., t // 2:] = np.finfo(np.float32).min
+        r = median_alternating({"numba": lambda: attention(q, k, v, mask, 0.125),
+                                "numpy": lambda: attention_numpy(q, k, v, mask, 0.125)}, reps)
+        rows.append(f"| {b} x {t} | {r['numba'] * 1e3:.2f} | {r['numpy'] * 1e3:.2f} | {r['numpy'] / r['numba']:.2f}x |")
+    return rows
+
+
+JOBS = [("vision", 1, None), ("vision", 8, None), ("text", 8, 16), ("text", 8, 77), ("text", 32, 16)]
+
+
+def job_inputs(kind, batch, tokens):
+    rng = np.random.default_rng(0)
+    if kind == "vision":
+        return {"pixel_values": rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)}
+    ids = rng.integers(5, 250000, (batch, tokens))
+    ids[:, 0], ids[:, -1] = 0, 2
+    mask = np.ones_like(ids)
+    ids[1, tokens // 2:], mask[1, tokens // 2:] = 1, 0  # one padded row: the mask path is exercised
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def worker(side):
+    """One side of the model section, in a process of its own (torch's and Numba's thread pools never share a
+    process): reads `JOB_INDEX [SAVE_PATH]` lines, runs the job once, answers with the seconds it took."""
+    if side == "ours":
+        import altclip_np
+        model = altclip_np.AltCLIPModel.from_pretrained(CKPT)
+        run = {"vision": lambda x: model.get_image_features(**x).pooler_output,
+               "text": lambda x: model.get_text_features(**x).pooler_output}
+    else:
+        import torch
+        import transformers
+        torch.set_num_threads(THREADS)
+        torch.set_grad_enabled(False)
+        model = transformers.AltCLIPModel.from_pretrained(CKPT, dtype=torch.float32).eval()
+        tensors = lambda x: {k: torch.from_numpy(v) for k, v in x.items()}  # noqa: E731
+        run = {"vision": lambda x: model.get_image_features(**tensors(x)).pooler_output.numpy(),
+               "text": lambda x: model.get_text_features(**tensors(x)).pooler_output.numpy()}
+    inputs = [job_inputs(*job) for job in JOBS]
+    print("ready", flush=True)
+    for line in sys.stdin:
+        index, *save = line.split()
+        kind = JOBS[int(index)][0]
+        t = time.perf_counter()
+        out = run[kind](inputs[int(index)])
+        seconds = time.perf_counter() - t
+        if save:
+            np.save(save[0], out)
+        print(seconds, flush=True)
+
+
+class Worker:
+    def __init__(self, side):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", side, "--threads", str(THREADS)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=BASE_ENV)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the {side} worker failed to start")
+
+    def run(self, index, save=""):
+        self.proc.stdin.write(f"{index} {save}\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def model_section(reps, peak, quick):
+    """Throughput of each side in its own worker process, alternating A B A B after a warm-up run."""
+    workers = {"ours": Worker("ours"), "theirs": Worker("theirs")}
+    jobs = [0, 2] if quick else range(len(JOBS))
+    rows = ["| job | altclip_np /s | transformers /s | speed-up | altclip_np GFLOP/s (of peak) | "
+            "transformers GFLOP/s (of peak) | max abs diff |", "|---|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for index in jobs:
+            kind, batch, tokens = JOBS[index]
+            for side, w in workers.items():  # warm-up, and the outputs for the difference
+                w.run(index, f"{tmp}/{side}.npy")
+            diff = float(np.abs(np.load(f"{tmp}/ours.npy") - np.load(f"{tmp}/theirs.npy")).max())
+            n = reps if batch * (tokens or 257) < 2000 else max(2, reps // 2)
+            times = {side: [] for side in workers}
+            for _ in range(n):
+                for side, w in workers.items():
+                    times[side].append(w.run(index))
+            t = {side: float(np.median(ts)) for side, ts in times.items()}
+            flops = vision_flops(batch) if kind == "vision" else text_flops(batch, tokens)
+            unit = "images" if kind == "vision" else f"texts ({tokens} tokens)"
+            g = {side: flops / t[side] / 1e9 for side in t}
+            rows.append(f"| {unit} x {batch} | {batch / t['ours']:.2f} | {batch / t['theirs']:.2f} | "
+                        f"{t['theirs'] / t['ours']:.2f}x | {g['ours']:.0f} ({g['ours'] / peak:.0%}) | "
+                        f"{g['theirs']:.0f} ({g['theirs'] / peak:.0%}) | {diff:.1e} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    for w in workers.values():
+        w.close()
+    return rows
+
+
+FIRST_RESULT = {
+    "altclip_np": """
+import numpy as np
+from PIL import Image
+import altclip_np
+processor = altclip_np.AltCLIPProcessor.from_pretrained(CKPT)
+model = altclip_np.AltCLIPModel.from_pretrained(CKPT)
+inputs = processor(text=LABELS, images=IMAGE, padding=True)
+out = model(**inputs)
+print(out.logits_per_image[0].tolist())
+""",
+    "transformers": """
+import torch
+from PIL import Image
+import transformers
+torch.set_num_threads(THREADS)
+processor = transformers.AltCLIPProcessor.from_pretrained(CKPT)
+model = transformers.AltCLIPModel.from_pretrained(CKPT)
+with torch.inference_mode():
+    out = model(**processor(text=LABELS, images=IMAGE, padding=True, return_tensors="pt"))
+print(out.logits_per_image[0].tolist())
+""",
+}
+
+
+# The child reports its own high-water RSS: getrusage's ru_maxrss of a child counts the parent's memory at fork.
+PEAK_RSS = "\nprint(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+
+
+def first_result_section(reps):
+    """Wall time of a fresh process (import, load, preprocess, one image x three labels) and its peak RSS."""
+    from PIL import Image
+
+    image = CACHE / "bench.png"
+    if not image.is_file():
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(image)
+    prelude = (f"CKPT = {str(CKPT)!r}\nLABELS = {LABELS!r}\nTHREADS = {THREADS}\n"
+               f"from PIL import Image\nIMAGE = Image.open({str(image)!r})\n")
+    results = {name: [] for name in FIRST_RESULT}
+    for rep in range(reps + 1):  # the first round warms the page cache and Numba's cache
+        for name, body in FIRST_RESULT.items():
+            t = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", prelude + body + PEAK_RSS], capture_output=True,
+                                  text=True, cwd=ROOT, env=BASE_ENV)
+            wall = time.perf_counter() - t
+            if proc.returncode:
+                raise RuntimeError(f"{name} first-result job failed:\n{proc.stderr[-2000:]}")
+            logits, peak_kib = proc.stdout.split("\n")[-3:-1]
+            if rep:
+                results[name].append((wall, int(peak_kib) / 2**20, logits))
+    med = {n: (np.median([r[0] for r in v]), np.median([r[1] for r in v]), v[-1][2]) for n, v in results.items()}
+    a, b = med["altclip_np"], med["transformers"]
+    return ["| process start to first zero-shot result | altclip_np | transformers | ratio |", "|---|---|---|---|",
+            f"| wall time (s) | {a[0]:.2f} | {b[0]:.2f} | {a[0] / b[0]:.2f} |",
+            f"| peak RSS (GiB) | {a[1]:.2f} | {b[1]:.2f} | {a[1] / b[1]:.2f} |",
+            f"| logits_per_image | {a[2]} | {b[2]} | |"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="threads for every library (default 2)")
+    parser.add_argument("--reps", type=int, default=5, help="timed runs per measurement (default 5)")
+    parser.add_argument("--quick", action="store_true", help="kernels plus two model jobs, one first-result run")
+    parser.add_argument("--skip-model", action="store_true", help="only the GEMM and attention kernels")
+    parser.add_argument("--worker", choices=("ours", "theirs"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args.worker)
+    start = time.perf_counter()
+    import kernels  # noqa: F401  (compiles or loads the cached kernels before anything is timed)
+    from altclip_np import get_backend
+
+    print(f"# altclip_np bench: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"{THREADS} threads, numpy {np.__version__}, backend {get_backend()!r}\n")
+    gemm, peak = gemm_section(args.reps)
+    print("\n".join(gemm), f"\n\nsgemm peak (OpenBLAS's fastest run above): {peak:.0f} GFLOP/s\n", flush=True)
+    print("\n".join(attention_section(args.reps)) + "\n", flush=True)
+    if not args.skip_model:
+        build_checkpoint()
+        print("\n".join(first_result_section(1 if args.quick else 2)) + "\n", flush=True)
+        print("\n".join(model_section(max(2, args.reps - 2), peak, args.quick)) + "\n", flush=True)
+    print(f"(bench took {time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
