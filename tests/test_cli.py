@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from altclip_np import AltCLIPModel, cli, parity
+from altclip_np import AltCLIPModel, cli, index, parity
 from altclip_np.processor import AltCLIPProcessor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,9 +175,9 @@ def test_embed_resumes_after_a_kill(image_index, photos, tmp_path):
     out = tmp_path / "index.npy"
     model = load_index(image_index[0])[1]["model"]
     run("embed", photos, "--out", out, "--batch-size", 2, "--model", model,
-        env={cli.CRASH_ENV: "batch:2"}, expect=99)
+        env={index.CRASH_ENV: "batch:2"}, expect=99)
     assert not out.exists()  # nothing committed yet; the journal holds 3 rows (a, b, e; broken.png skipped)
-    part, log = cli.journal_paths(out)
+    part, log = index.journal_paths(out)
     with open(part, "ab") as f:  # a kill in the middle of writing the next batch
         f.write(b"\0" * 7)
     with open(log, "a", encoding="utf-8") as f:
@@ -198,8 +198,8 @@ def test_embed_killed_during_commit_leaves_a_consistent_index(image_index, photo
     reference = dict(zip(ref_meta["sources"], reference))
     out, first = tmp_path / "index.npy", [photos / "a.png", photos / "sub/c.png"]
     run("embed", *first, "--out", out, "--model", ref_meta["model"])
-    run("embed", photos, "--out", out, env={cli.CRASH_ENV: "commit"}, expect=99)
-    meta, rows = cli.read_index(out)  # the .npy was replaced, its sidecar not: still the 2 committed rows
+    run("embed", photos, "--out", out, env={index.CRASH_ENV: "commit"}, expect=99)
+    meta, rows = index.read_index(out)  # the .npy was replaced, its sidecar not: still the 2 committed rows
     assert meta["sources"] == [str(p) for p in first]
     np.testing.assert_allclose(rows, [reference[str(p)] for p in first], atol=1e-6)
     run("embed", photos, "--out", out)
