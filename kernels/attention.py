@@ -2,15 +2,22 @@
 
 The NumPy twin materialises all [B, H, T, T] scores. The Numba kernel runs one (batch, head) per parallel
 task and walks the queries RB rows at a time, so only an RB x T block of scores exists at once (it stays in
-L1/L2). Both products use the GEMM's register tile (`_tile.dot_tile`), which wants the reduction axis
-contiguous in both operands: k [T, D] already is for q k^T, and v is transposed once per task to
-v^T [D, T] for p v. Operands are zero-padded to multiples of the tile, so padded keys add nothing.
+L1/L2). Per block:
+  1. scores: the GEMM's register tile (`_tile.dot_tile`, reduction over D = 64 contiguous in q and k), stored
+     as score * scale + mask while keeping each row's max; padded key columns get -inf;
+  2. exp(score - row max) over the whole block as one flat vectorised loop (`_exp_row`): short rows (T = 16,
+     77) would otherwise spend most of their time in the scalar remainder of a per-row loop; padded columns
+     give exactly 0;
+  3. p v with the same tile against v^T [D, T] (transposed once per task), each output row divided by its
+     row sum at the store, so probabilities are only normalised when they are asked for.
+Operands are zero-padded to multiples of the tile, so padded keys and rows add nothing. All scratch is
+allocated once per task; one parallel region per call.
 """
 import numpy as np
 from numba import njit, prange
 
-from ._tile import FAST, MR, NR, dot_tile, store_tile
-from .elementwise import softmax_row
+from ._tile import FAST, MR, NR, dot_tile
+from .elementwise import _exp_row
 
 RB = 32  # query rows per block of scores
 
@@ -26,8 +33,28 @@ def attention_numpy(q, k, v, mask, scale, return_probs=False):
     return probs @ v, (probs if return_probs else None)
 
 
-def _ceil(x, m):
-    return (x + m - 1) // m * m
+@njit(fastmath=FAST, inline="always", cache=True)
+def _store_scores(s, i0, j0, tile, t, scale, mask_b, row_max):
+    # s[i0 + i, j0 + j] = tile * scale + mask (-inf for padded keys j0 + j >= t), row_max[i0 + i] updated
+    for i in range(MR):
+        m = row_max[i0 + i]
+        for j in range(NR):
+            if j0 + j < t:
+                x = tile[i][j] * scale + mask_b[j0 + j]
+                s[i0 + i, j0 + j] = x
+                m = max(m, x)
+            else:
+                s[i0 + i, j0 + j] = -np.inf
+        row_max[i0 + i] = m
+
+
+@njit(fastmath=FAST, inline="always", cache=True)
+def _store_out(o, i0, j0, tile, m, n, inv_sum):  # o[i0 + i, j0 + j] = tile * inv_sum[i0 + i] inside [m, n]
+    for i in range(MR):
+        if i0 + i < m:
+            for j in range(NR):
+                if j0 + j < n:
+                    o[i0 + i, j0 + j] = tile[i][j] * inv_sum[i0 + i]
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
@@ -43,26 +70,39 @@ def _attention(q, k, v, mask, scale, out, probs, want_probs):
         vt = np.zeros((dp, tp), np.float32)  # [D, T] zero-padded
         vt[:d, :t] = v[b, h].T
         qp = np.zeros((RB, dp), np.float32)  # one block of queries
-        s = np.zeros((RB, tp), np.float32)  # its scores, then probabilities; padded keys stay 0
-        scratch = np.empty(t, np.float32)
+        s_flat = np.empty(RB * tp, np.float32)  # its scores, then exp(score - max); padded keys -inf, then 0
+        s = s_flat.reshape((RB, tp))
+        scratch = np.empty(RB * tp, np.float32)  # score - max, then _exp_row's scratch
+        shifted = scratch.reshape((RB, tp))
+        row_max = np.empty(RB, np.float32)
+        inv_sum = np.empty(RB, np.float32)
         for r0 in range(0, t, RB):
             rb = min(RB, t - r0)
             rbp = (rb + MR - 1) // MR * MR
             qp[:rb, :d] = q[b, h, r0:r0 + rb]
             qp[rb:rbp, :] = 0.0
+            row_max[:] = -np.inf
             for i0 in range(0, rbp, MR):  # [rb, D] x [T, D] -> [rb, T]
                 for j0 in range(0, tp, NR):
-                    store_tile(s, i0, j0, dot_tile(qp, i0, kp, j0, 0, dp), rb, t, False)
-            for i in range(rb):
-                row = s[i, :t]
-                for j in range(t):
-                    row[j] = row[j] * scale + mask[b, j]
-                softmax_row(row, row, scratch)
-                if want_probs:
-                    probs[b, h, r0 + i, :] = row
-            for i0 in range(0, rbp, MR):  # [rb, T] x [D, T] -> [rb, D]
+                    _store_scores(s, i0, j0, dot_tile(qp, i0, kp, j0, 0, dp), t, scale, mask[b], row_max)
+            for i in range(rbp):
+                m = row_max[i]
+                for j in range(tp):
+                    shifted[i, j] = s[i, j] - m  # stable: the largest exponent is 0
+            blk = scratch[:rbp * tp]
+            _exp_row(blk, s_flat[:rbp * tp], blk)  # exp reads its input before reusing it as scratch
+            for i in range(rbp):
+                total = np.float32(0.0)
+                for j in range(tp):
+                    total += s[i, j]
+                inv_sum[i] = np.float32(1.0) / total
+            for i0 in range(0, rbp, MR):  # [rb, T] x [D, T] -> [rb, D], each row times 1 / its sum
                 for j0 in range(0, dp, NR):
-                    store_tile(out[b, h, r0:], i0, j0, dot_tile(s, i0, vt, j0, 0, tp), rb, d, False)
+                    _store_out(out[b, h, r0:], i0, j0, dot_tile(s, i0, vt, j0, 0, tp), rb, d, inv_sum)
+            if want_probs:
+                for i in range(rb):
+                    for j in range(t):
+                        probs[b, h, r0 + i, j] = s[i, j] * inv_sum[i]
 
 
 def attention(q, k, v, mask, scale, return_probs=False):
