@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from .charsmap import CharsMap
 from .graphemes import graphemes
 
 VOCAB_FILE = "sentencepiece.bpe.model"
@@ -50,8 +51,7 @@ class XLMRobertaTokenizer:
                  clean_up_tokenization_spaces=False, config=None):
         self.vocab_file = str(vocab_file)
         self.sp = spm.SentencePieceProcessor(model_file=self.vocab_file)
-        # the model's precompiled character map as {source: replacement}
-        self.charmap = dict(spm.SentencePieceNormalizer(model_file=self.vocab_file).decompile())
+        self.charsmap = CharsMap(self.sp.serialized_model_proto())  # the model's precompiled normalisation map
         self.model_max_length = int(model_max_length)
         self.mask_lstrip = bool(mask_lstrip)
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
@@ -167,14 +167,16 @@ class XLMRobertaTokenizer:
         A grapheme shorter than 6 UTF-8 bytes is replaced as a whole by the mapping of its *shortest* mapped
         prefix (so "Ａ\u0301" becomes "A"); longer graphemes, and those with no mapped prefix, map char by char.
         """
-        charmap, out = self.charmap, []
+        lookup, out = self.charsmap.lookup, []
         for g in graphemes(text):
             if len(g) > 1 and len(g.encode("utf-8")) < 6:
-                mapped = next((charmap[g[:k]] for k in range(1, len(g) + 1) if g[:k] in charmap), None)
+                mapped = lookup(g)
                 if mapped is not None:
                     out.append(mapped)
                     continue
-            out.extend(charmap.get(c, c) for c in g)
+            for c in g:
+                mapped = lookup(c)
+                out.append(c if mapped is None else mapped)
         return "".join(out)
 
     def _viterbi(self, text):

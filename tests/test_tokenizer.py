@@ -201,3 +201,19 @@ def test_graphemes_match_regex():
     lines = [line.decode("utf-8") for line in DATA.read_bytes().split(b"\n")]
     for text in lines + GRAPHEME_CASES + ["".join(GRAPHEME_CASES)]:
         assert graphemes(text) == regex.findall(r"\X", text), ascii(text)
+
+
+def test_charsmap_matches_sentencepiece_decompile(model_dir):
+    """Our in-place trie lookup of the precompiled normalisation map gives, for every key sentencepiece's
+    decompile() lists, the replacement of its shortest mapped prefix (tokenizers' `Precompiled` rule)."""
+    import sentencepiece as spm
+
+    from altclip_np.charsmap import CharsMap
+
+    path = str(model_dir / "sentencepiece.bpe.model")
+    table = dict(spm.SentencePieceNormalizer(model_file=path).decompile())
+    charsmap = CharsMap(spm.SentencePieceProcessor(model_file=path).serialized_model_proto())
+    shortest = lambda key: next((table[key[:k]] for k in range(1, len(key) + 1) if key[:k] in table), None)  # noqa
+    assert len(table) > 1000
+    assert all(charsmap.lookup(key) == shortest(key) for key in table)
+    assert charsmap.lookup("a") is None and charsmap.lookup("") is None
