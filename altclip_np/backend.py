@@ -6,9 +6,10 @@ scaled-dot-product attention) and "elementwise" (LayerNorm, activations, the bia
 bias+residual fusions).
   "numpy"  plain NumPy: the readable reference (its matmuls run on NumPy's OpenBLAS).
   "numba"  every family on this project's Numba kernels.
-  "auto"   (default) the fastest combination measured with tools/bench.py on the project's machine: dense
-           GEMMs and attention's batched matmuls on OpenBLAS (faster than the Numba GEMM at every model
-           shape), LayerNorm, activations and the fusions on Numba (README, "Speed").
+  "auto"   (default) the fastest combination measured with tools/bench.py on the project's machine: the
+           Numba GEMM for Linears of up to AUTO_NUMBA_GEMM_ROWS rows (one image, a few texts: with its
+           dynamic scheduling it matches or beats OpenBLAS there), OpenBLAS above that; the fused Numba
+           attention, LayerNorm, activations and the fusions on Numba (README, "Speed").
 Pick with `set_backend(...)`, or the environment variable ALTCLIP_NP_BACKEND. The kernels package (and Numba
 with it) is imported only when a backend that uses it first runs an op.
 """
@@ -17,7 +18,8 @@ import os
 BACKENDS = ("numpy", "numba", "auto")
 DEFAULT = "auto"
 FAMILIES = {"numpy": frozenset(), "numba": frozenset({"matmul", "attention", "elementwise"}),
-            "auto": frozenset({"elementwise"})}
+            "auto": frozenset({"attention", "elementwise"})}
+AUTO_NUMBA_GEMM_ROWS = 1024
 _backend = DEFAULT
 
 
@@ -35,6 +37,11 @@ def get_backend():
 def uses(family):
     """True when the current backend runs `family` ("matmul", "attention", "elementwise") on Numba."""
     return family in FAMILIES[_backend]
+
+
+def gemm_on_numba(rows):
+    """True when a Linear over `rows` rows should run on the Numba GEMM rather than OpenBLAS."""
+    return uses("matmul") or (_backend == "auto" and rows <= AUTO_NUMBA_GEMM_ROWS)
 
 
 def kernels():

@@ -61,7 +61,7 @@ def linear(x, w, b=None, act=None, residual=None):  # [..., in], [out, in], [out
     the activation `act` (a name, or None) and the `residual` [..., out], fused in one pass on Numba."""
     lead = x.shape[:-1]
     x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
-    y = backend.kernels().matmul_nt(x2, w) if backend.uses("matmul") else x2 @ w.T  # [M, out]
+    y = backend.kernels().matmul_nt(x2, w) if backend.gemm_on_numba(x2.shape[0]) else x2 @ w.T  # [M, out]
     if backend.uses("elementwise") and act in (None, *FUSED):
         k = backend.kernels()
         if act is not None or residual is None:

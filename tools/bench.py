@@ -15,6 +15,7 @@ import sys
 THREADS = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = str(THREADS)  # before numpy, numba or torch load their thread pools
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as altclip_np sets it: OpenBLAS's idle threads sleep
 
 import json  # noqa: E402
 import platform  # noqa: E402
