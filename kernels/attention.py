@@ -8,8 +8,9 @@ L1/L2). Per block:
   2. exp(score - row max) over the whole block as one flat vectorised loop (`_exp_row`): short rows (T = 16,
      77) would otherwise spend most of their time in the scalar remainder of a per-row loop; padded columns
      give exactly 0;
-  3. p v with the same tile against v^T [D, T] (transposed once per task), each output row divided by its
-     row sum at the store, so probabilities are only normalised when they are asked for.
+  3. p v with the same tile against v^T [D, T] (transposed once per task) or, for short sequences
+     (T <= SHORT), as axpys over D (out_i += p_ij v_j), each output row divided by its row sum at the store,
+     so probabilities are only normalised when they are asked for.
 Operands are zero-padded to multiples of the tile, so padded keys and rows add nothing. All scratch is
 allocated once per task; one parallel region per call.
 """
@@ -20,6 +21,7 @@ from ._tile import FAST, MR, NR, dot_tile
 from .elementwise import _exp_row
 
 RB = 32  # query rows per block of scores
+SHORT = 80  # up to this many keys p v runs as axpys over D: the tile's final sums cost more than they save
 
 
 def attention_numpy(q, k, v, mask, scale, return_probs=False):
@@ -67,8 +69,10 @@ def _attention(q, k, v, mask, scale, out, probs, want_probs):
         b, h = bh // nh, bh % nh
         kp = np.zeros((tp, dp), np.float32)  # [T, D] zero-padded
         kp[:t, :d] = k[b, h]
-        vt = np.zeros((dp, tp), np.float32)  # [D, T] zero-padded
-        vt[:d, :t] = v[b, h].T
+        vt = np.zeros((dp, tp), np.float32)  # [D, T] zero-padded, for the tiled p v of longer sequences
+        if t > SHORT:
+            vt[:d, :t] = v[b, h].T
+        acc = np.empty(d, np.float32)  # one output row, for the axpy p v of short sequences
         qp = np.zeros((RB, dp), np.float32)  # one block of queries
         s_flat = np.empty(RB * tp, np.float32)  # its scores, then exp(score - max); padded keys -inf, then 0
         s = s_flat.reshape((RB, tp))
@@ -96,9 +100,19 @@ def _attention(q, k, v, mask, scale, out, probs, want_probs):
                 for j in range(tp):
                     total += s[i, j]
                 inv_sum[i] = np.float32(1.0) / total
-            for i0 in range(0, rbp, MR):  # [rb, T] x [D, T] -> [rb, D], each row times 1 / its sum
-                for j0 in range(0, dp, NR):
-                    _store_out(out[b, h, r0:], i0, j0, dot_tile(s, i0, vt, j0, 0, tp), rb, d, inv_sum)
+            if t <= SHORT:  # out row = sum_j p_j v_j: a few axpys over D beat 4x4 tiles reducing over T
+                for i in range(rb):
+                    acc[:] = 0.0
+                    for j in range(t):
+                        p = s[i, j]
+                        for dd in range(d):
+                            acc[dd] += p * v[b, h, j, dd]
+                    for dd in range(d):
+                        out[b, h, r0 + i, dd] = acc[dd] * inv_sum[i]
+            else:
+                for i0 in range(0, rbp, MR):  # [rb, T] x [D, T] -> [rb, D], each row times 1 / its sum
+                    for j0 in range(0, dp, NR):
+                        _store_out(out[b, h, r0:], i0, j0, dot_tile(s, i0, vt, j0, 0, tp), rb, d, inv_sum)
             if want_probs:
                 for i in range(rb):
                     for j in range(t):

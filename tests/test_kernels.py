@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kernels as K
-from kernels.attention import RB
+from kernels.attention import RB, SHORT
 from kernels.matmul import KC, NC
 
 RNG = np.random.default_rng(0)
@@ -46,7 +46,9 @@ def attention_cases():
     yield "seq1", (2, 3, 1, 8), None
     yield "ragged", (2, 3, RB + 5, 13), None
     yield "long", (1, 2, 2 * RB + 1, 64), None
-    for name, (b, h, t, d) in {"padded": (3, 2, 11, 6), "one-key": (2, 4, RB + 3, 16)}.items():
+    yield "tiled-pv", (1, 2, SHORT + 7, 20), None  # past SHORT keys p v runs on the register tile
+    for name, (b, h, t, d) in {"padded": (3, 2, 11, 6), "one-key": (2, 4, RB + 3, 16),
+                               "tiled-one-key": (2, 2, SHORT + 3, 8)}.items():
         mask = np.zeros((b, 1, 1, t), np.float32)
         mask[0, ..., t // 2:] = F32_MIN  # half the keys hidden
         mask[-1, ..., 1:] = F32_MIN  # all but one key hidden
