@@ -185,6 +185,7 @@ def cmd_embed(args):
         raise CLIError(f"{args.out} holds {meta['kind']} embeddings from {meta['model']}; use another --out "
                        f"for {kind} embeddings from {model_id(name)}")
     model, processor = load_model(name)
+    model.release_weights = False  # many batches: keep the weights mapped in (faster; see AltCLIPModel)
     meta = meta or {"format": INDEX_FORMAT, "model": model_id(name), "kind": kind,
                     "dim": int(model.config.projection_dim), "sources": []}
     header = {key: meta[key] for key in ("format", "model", "kind", "dim")}

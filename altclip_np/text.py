@@ -63,7 +63,8 @@ def roberta_layer(x, mask, w, l, cfg, return_probs=False):  # [B, T, C] -> [B, T
 
 
 def text_forward(w, cfg, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                 inputs_embeds=None, output_attentions=False, output_hidden_states=False):
+                 inputs_embeds=None, output_attentions=False, output_hidden_states=False,
+                 release_weights=False):
     """The whole text tower on validated inputs. Returns (projected [B, T, D], hidden_states, attentions)."""
     check_activation(cfg.hidden_act)
     x = embeddings_forward(w, cfg, input_ids, inputs_embeds, token_type_ids, position_ids)
@@ -72,7 +73,8 @@ def text_forward(w, cfg, input_ids=None, attention_mask=None, token_type_ids=Non
     for i in range(cfg.num_hidden_layers):
         layer = f"{P}roberta.encoder.layer.{i}."
         x, probs = roberta_layer(x, mask, w, layer, cfg, output_attentions)
-        release([a for key, a in w.items() if key.startswith(layer)])  # resident weights: ~one layer
+        if release_weights:  # keep only ~one layer of the memory-mapped weights resident
+            release([a for key, a in w.items() if key.startswith(layer)])
         hidden_states.append(x)
         attentions.append(probs)
     x = layer_norm(x, w[P + "pre_LN.weight"], w[P + "pre_LN.bias"], cfg.layer_norm_eps)

@@ -98,7 +98,7 @@ def encoder_layer(x, w, l, cfg, return_probs=False):  # [B, T, D] -> [B, T, D], 
 
 
 def vision_forward(w, cfg, pixel_values, interpolate_pos_encoding=False, output_attentions=False,
-                   output_hidden_states=False):
+                   output_hidden_states=False, release_weights=False):
     """The whole vision tower on validated inputs. Returns (last_hidden [B, T, D], pooled [B, D], hidden, attn)."""
     check_activation(cfg.hidden_act)
     x = embeddings_forward(w, cfg, pixel_values, interpolate_pos_encoding)
@@ -107,7 +107,8 @@ def vision_forward(w, cfg, pixel_values, interpolate_pos_encoding=False, output_
     for i in range(cfg.num_hidden_layers):
         layer = f"{P}encoder.layers.{i}."
         x, probs = encoder_layer(x, w, layer, cfg, output_attentions)
-        release([a for key, a in w.items() if key.startswith(layer)])  # resident weights: ~one layer
+        if release_weights:  # keep only ~one layer of the memory-mapped weights resident
+            release([a for key, a in w.items() if key.startswith(layer)])
         hidden_states.append(x)
         attentions.append(probs)
     pooled = layer_norm(x[:, 0], w[P + "post_layernorm.weight"], w[P + "post_layernorm.bias"], cfg.layer_norm_eps)

@@ -151,3 +151,16 @@ def test_weights_are_memory_mapped_views(tiny):
     assert not w.flags.writeable and not w.flags.owndata  # a view of the mapped file, not a copy
     np.testing.assert_array_equal(w, tiny["base"][1].vision_model.encoder.layers[0].self_attn.q_proj.weight
                                   .detach().numpy())
+
+
+def test_release_weights_changes_nothing_but_residency(tiny):
+    """Handing a layer's pages back to the page cache after use gives bit-identical outputs."""
+    directory = tiny["base"][0]
+    cfg = TINY_CONFIGS["base"]
+    ids, mask = text_batch(cfg["text_config"])
+    kw = dict(input_ids=ids, attention_mask=mask, pixel_values=images(cfg["vision_config"], batch=3))
+    keep = AltCLIPModel.from_pretrained(directory, release_weights=False)
+    assert not keep.text_model.release_weights and not keep.vision_model.release_weights
+    release = AltCLIPModel.from_pretrained(directory)
+    for _ in range(2):  # the second call re-maps the released pages
+        np.testing.assert_array_equal(release(**kw).logits_per_image, keep(**kw).logits_per_image)
