@@ -155,7 +155,9 @@ def worker(side):
     process): reads `JOB_INDEX [SAVE_PATH]` lines, runs the job once, answers with the seconds it took."""
     if side == "ours":
         import altclip_np
-        model = altclip_np.AltCLIPModel.from_pretrained(CKPT)
+        # throughput in a loop: weights stay mapped in, as `altclip-np embed` runs (the first-result job below
+        # uses the default, which hands each layer's pages back after use)
+        model = altclip_np.AltCLIPModel.from_pretrained(CKPT, release_weights=False)
         run = {"vision": lambda x: model.get_image_features(**x).pooler_output,
                "text": lambda x: model.get_text_features(**x).pooler_output}
     else:
