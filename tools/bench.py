@@ -211,7 +211,7 @@ def model_section(reps, peak, quick):
             for side, w in workers.items():  # warm-up, and the outputs for the difference
                 w.run(index, f"{tmp}/{side}.npy")
             diff = float(np.abs(np.load(f"{tmp}/ours.npy") - np.load(f"{tmp}/theirs.npy")).max())
-            n = reps if batch * (tokens or 257) < 2000 else max(2, reps // 2)
+            n = reps if batch * (tokens or 257) < 2000 else max(3, reps // 2)
             times = {side: [] for side in workers}
             for _ in range(n):
                 for side, w in workers.items():
@@ -310,7 +310,7 @@ def main(argv=None):
     if not args.skip_model:
         build_checkpoint()
         print("\n".join(first_result_section(1 if args.quick else 2)) + "\n", flush=True)
-        print("\n".join(model_section(max(2, args.reps - 2), peak, args.quick)) + "\n", flush=True)
+        print("\n".join(model_section(max(3, args.reps + 2), peak, args.quick)) + "\n", flush=True)
     print(f"(bench took {time.perf_counter() - start:.0f} s)")
 
 
