@@ -13,6 +13,9 @@ L1/L2). Per block:
      so probabilities are only normalised when they are asked for.
 Operands are zero-padded to multiples of the tile, so padded keys and rows add nothing. All scratch is
 allocated once per task; one parallel region per call.
+q, k and v may be the strided views that splitting heads gives ([B, T, H, D] memory seen as [B, H, T, D]):
+each task packs its head's rows into contiguous scratch anyway, so nothing is copied up front, and the output
+is written in [B, T, H, D] order, so merging the heads back is free (4 fewer [B, T, C] copies per layer).
 """
 import numpy as np
 from numba import njit, prange
@@ -70,8 +73,11 @@ def _attention(q, k, v, mask, scale, out, probs, want_probs):
         kp = np.zeros((tp, dp), np.float32)  # [T, D] zero-padded
         kp[:t, :d] = k[b, h]
         vt = np.zeros((dp, tp), np.float32)  # [D, T] zero-padded, for the tiled p v of longer sequences
+        vp = np.empty((t if t <= SHORT else 0, d), np.float32)  # [T, D] contiguous, for the axpy p v
         if t > SHORT:
             vt[:d, :t] = v[b, h].T
+        else:
+            vp[:] = v[b, h]
         acc = np.empty(d, np.float32)  # one output row, for the axpy p v of short sequences
         qp = np.zeros((RB, dp), np.float32)  # one block of queries
         s_flat = np.empty(RB * tp, np.float32)  # its scores, then exp(score - max); padded keys -inf, then 0
@@ -106,7 +112,7 @@ def _attention(q, k, v, mask, scale, out, probs, want_probs):
                     for j in range(t):
                         p = s[i, j]
                         for dd in range(d):
-                            acc[dd] += p * v[b, h, j, dd]
+                            acc[dd] += p * vp[j, dd]
                     for dd in range(d):
                         out[b, h, r0 + i, dd] = acc[dd] * inv_sum[i]
             else:
@@ -119,13 +125,19 @@ def _attention(q, k, v, mask, scale, out, probs, want_probs):
                         probs[b, h, r0 + i, j] = s[i, j] * inv_sum[i]
 
 
+def _rows(a):  # float32 with contiguous rows of D (any other strides) as the kernel reads it, else a copy
+    a = np.asarray(a)
+    return a if a.dtype == np.float32 and a.strides[-1] == 4 else np.ascontiguousarray(a, dtype=np.float32)
+
+
 def attention(q, k, v, mask, scale, return_probs=False):
-    """The fused kernel; same contract as `attention_numpy`."""
-    q, k, v = (np.ascontiguousarray(a, dtype=np.float32) for a in (q, k, v))
-    nb, _, t, _ = q.shape
+    """The fused kernel; same contract as `attention_numpy`. The output is a [B, H, T, D] view of [B, T, H, D]
+    memory, so `merge_heads` of it is a free reshape."""
+    q, k, v = _rows(q), _rows(k), _rows(v)
+    nb, nh, t, d = q.shape
     mask2 = np.zeros((nb, t), np.float32) if mask is None else np.ascontiguousarray(
         np.broadcast_to(mask, (nb, 1, 1, t)).reshape(nb, t), dtype=np.float32)
-    out = np.empty_like(q)
+    out = np.empty((nb, t, nh, d), np.float32).transpose(0, 2, 1, 3)
     probs = np.empty(q.shape[:3] + (t,), np.float32) if return_probs else np.empty((1, 1, 1, 1), np.float32)
     _attention(q, k, v, mask2, np.float32(scale), out, probs, return_probs)
     return out, (probs if return_probs else None)
