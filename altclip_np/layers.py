@@ -58,24 +58,27 @@ def check_activation(name):
 
 def linear(x, w, b=None, act=None, residual=None):  # [..., in], [out, in], [out] -> act(x @ w.T + b) + residual
     """One [M, in] x [in, out] GEMM (a 3-D `x @ w.T` would run one small GEMM per batch row), then the bias,
-    the activation `act` (a name, or None) and the `residual` [..., out], fused in one pass on Numba."""
+    the activation `act` (a name, or None) and the `residual` [..., out]: on Numba in one pass, inside the
+    GEMM when it is the Numba one."""
     lead = x.shape[:-1]
     x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
-    y = backend.kernels().matmul_nt(x2, w) if backend.gemm_on_numba(x2.shape[0]) else x2 @ w.T  # [M, out]
+    r2 = None if residual is None else residual.reshape(x2.shape[0], w.shape[0])
+    on_numba = backend.gemm_on_numba(x2.shape[0])
     if backend.uses("elementwise") and act in (None, *FUSED):
         k = backend.kernels()
-        if act is not None or residual is None:
-            k.bias_act_(y, b, {None: k.ACT_NONE, "gelu": k.ACT_GELU, "quick_gelu": k.ACT_QUICK_GELU}[act])
-            b = None
-        if residual is not None:
-            k.bias_residual_(y, b, residual.reshape(y.shape))
+        code = {None: k.ACT_NONE, "gelu": k.ACT_GELU, "quick_gelu": k.ACT_QUICK_GELU}[act]
+        if on_numba:
+            y = k.matmul_nt(x2, w, bias=b, act=code, residual=r2)
+        else:
+            y = k.bias_act_residual_(x2 @ w.T, b, code, r2)
     else:
+        y = backend.kernels().matmul_nt(x2, w) if on_numba else x2 @ w.T  # [M, out]
         if b is not None:
             y += b
         if act is not None:
             y = ACTIVATIONS[act](y)
-        if residual is not None:
-            y += residual.reshape(y.shape)
+        if r2 is not None:
+            y += r2
     return y.reshape(lead + (w.shape[0],))
 
 

@@ -11,14 +11,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .attention import attention, attention_numpy
-from .elementwise import (ACT_GELU, ACT_NONE, ACT_QUICK_GELU, bias_act_, bias_act_numpy, bias_residual_,
-                          bias_residual_numpy, erf_numpy, exp_numpy, gelu, gelu_numpy, layer_norm, layer_norm_numpy,
+from .elementwise import (ACT_GELU, ACT_NONE, ACT_QUICK_GELU, bias_act_residual_, bias_act_residual_numpy,
+                          erf_numpy, exp_numpy, gelu, gelu_numpy, layer_norm, layer_norm_numpy,
                           quick_gelu, quick_gelu_numpy, softmax, softmax_numpy)
 from .matmul import matmul_nt, matmul_nt_numpy
 
 __all__ = [
     "attention", "attention_numpy", "matmul_nt", "matmul_nt_numpy", "layer_norm", "layer_norm_numpy",
-    "gelu", "gelu_numpy", "quick_gelu", "quick_gelu_numpy", "softmax", "softmax_numpy", "bias_act_",
-    "bias_act_numpy", "bias_residual_", "bias_residual_numpy", "exp_numpy", "erf_numpy",
+    "gelu", "gelu_numpy", "quick_gelu", "quick_gelu_numpy", "softmax", "softmax_numpy", "bias_act_residual_",
+    "bias_act_residual_numpy", "exp_numpy", "erf_numpy",
     "ACT_NONE", "ACT_GELU", "ACT_QUICK_GELU",
 ]

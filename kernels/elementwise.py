@@ -1,5 +1,6 @@
 """The small kernels that run between GEMMs: layer_norm, gelu (erf form), quick_gelu, softmax, and the
-fusions bias+activation and bias+residual that save a pass over the GEMM output.
+GEMM epilogue act(y + bias) + residual in one pass (the Numba GEMM runs `epilogue_row` on each block of its
+output while the block is still in cache; after an OpenBLAS GEMM `bias_act_residual_` makes one pass).
 
 Each works on rows of a 2-D float32 array (the wrappers fold leading axes), `prange` over rows, with a
 vectorisable inner loop. NumPy has no vectorised erf and Numba (without Intel's SVML) calls libm's exp/erf
@@ -80,14 +81,11 @@ def softmax_numpy(x, scale=1.0, mask=None):  # softmax(x * scale + mask) over th
     return e / e.sum(-1, keepdims=True)
 
 
-def bias_act_numpy(y, bias, act):  # act(y + bias), act one of ACT_NONE / ACT_GELU / ACT_QUICK_GELU
+def bias_act_residual_numpy(y, bias, act, residual):  # act(y + bias) + residual; bias, residual may be None
     if bias is not None:
         y = y + bias
-    return {ACT_NONE: lambda t: t, ACT_GELU: gelu_numpy, ACT_QUICK_GELU: quick_gelu_numpy}[act](y)
-
-
-def bias_residual_numpy(y, bias, residual):  # y + bias + residual
-    return (y + bias if bias is not None else y) + residual
+    y = {ACT_NONE: lambda t: t, ACT_GELU: gelu_numpy, ACT_QUICK_GELU: quick_gelu_numpy}[act](y)
+    return y if residual is None else y + residual
 
 
 # ---- Numba kernels ---------------------------------------------------------------------------------------
@@ -179,44 +177,41 @@ def _layer_norm_rows(x, weight, bias, eps, out):  # [R, n], [n], [n] -> [R, n]; 
             out[r, j] = (xr[j] - mean) * inv * weight[j] + bias[j]
 
 
-@njit(parallel=True, fastmath=FAST, cache=True)
-def _bias_act_rows(y, bias, act):  # [R, n] in place: y = act(y + bias); bias [n] or [0] for none
-    n = y.shape[1]
-    has_bias = bias.shape[0] > 0
-    for r in prange(y.shape[0]):
-        yr = y[r]
-        if has_bias:
-            for j in range(n):
-                yr[j] += bias[j]
-        if act == ACT_GELU:
-            for j in range(n):
-                yr[j] = np.float32(0.5) * yr[j] * (np.float32(1.0) + _erf(yr[j] * _SQRT1_2))
-        elif act == ACT_QUICK_GELU:
-            e = np.empty(n, np.float32)
-            for j in range(n):
-                e[j] = -_QUICK * yr[j]
-            _exp_row(e, e, np.empty(n, np.float32))
-            for j in range(n):
-                yr[j] = yr[j] / (np.float32(1.0) + e[j])
+@njit(fastmath=FAST, inline="always", cache=True)
+def epilogue_row(y, i, j0, j1, bias, act, residual, e, scratch):
+    # y[i, j0:j1] = act(y[i, j0:j1] + bias[j0:j1]) + residual[i, j0:j1] in place; bias [0] / residual [0, 0]
+    # for none; e, scratch [>= j1 - j0] float32 (quick_gelu's exp)
+    yr = y[i, j0:j1]
+    n = j1 - j0
+    if bias.shape[0] > 0:
+        for j in range(n):
+            yr[j] += bias[j0 + j]
+    if act == ACT_GELU:
+        for j in range(n):
+            yr[j] = np.float32(0.5) * yr[j] * (np.float32(1.0) + _erf(yr[j] * _SQRT1_2))
+    elif act == ACT_QUICK_GELU:
+        for j in range(n):
+            e[j] = -_QUICK * yr[j]
+        _exp_row(e[:n], e[:n], scratch[:n])
+        for j in range(n):
+            yr[j] = yr[j] / (np.float32(1.0) + e[j])
+    if residual.shape[0] > 0:
+        for j in range(n):
+            yr[j] += residual[i, j0 + j]
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def _bias_residual_rows(y, bias, residual):  # [R, n] in place: y += bias + residual; bias [n] or [0]
+def _bias_act_residual_rows(y, bias, act, residual):  # [R, n] in place, rows in parallel
     n = y.shape[1]
-    has_bias = bias.shape[0] > 0
     for r in prange(y.shape[0]):
-        if has_bias:
-            for j in range(n):
-                y[r, j] += bias[j] + residual[r, j]
-        else:
-            for j in range(n):
-                y[r, j] += residual[r, j]
+        epilogue_row(y, r, 0, n, bias, act, residual, np.empty(n, np.float32), np.empty(n, np.float32))
 
 
 # ---- Python wrappers: fold leading axes into rows ----------------------------------------------------------
 
 _NO_BIAS = np.zeros(0, np.float32)
 _NO_MASK = np.zeros((0, 1), np.float32)
+_NO_RESIDUAL = np.zeros((0, 0), np.float32)
 
 
 def _rows(x):
@@ -225,6 +220,10 @@ def _rows(x):
 
 def _vec(b):
     return _NO_BIAS if b is None else np.ascontiguousarray(b, dtype=np.float32)
+
+
+def _res(r, n):  # residual [..., n] -> [R, n], or [0, 0] for none
+    return _NO_RESIDUAL if r is None else _rows(r).reshape(-1, n)
 
 
 def layer_norm(x, weight, bias, eps):  # [..., n], [n], [n] -> [..., n]
@@ -248,19 +247,15 @@ def softmax(x, scale=1.0, mask=None, out=None):  # [..., R, n] -> softmax(x * sc
     return out2.reshape(x.shape)
 
 
-def bias_act_(y, bias, act):  # in place on a C-contiguous float32 y [..., n]: y = act(y + bias)
-    _bias_act_rows(y.reshape(-1, y.shape[-1]), _vec(bias), act)
-    return y
-
-
-def bias_residual_(y, bias, residual):  # in place on a C-contiguous float32 y [..., n]: y += bias + residual
-    _bias_residual_rows(y.reshape(-1, y.shape[-1]), _vec(bias), _rows(residual))
+def bias_act_residual_(y, bias, act, residual):  # in place on a C-contiguous float32 y [..., n]
+    """y = act(y + bias) + residual; bias [n] or None, residual [..., n] or None."""
+    _bias_act_residual_rows(y.reshape(-1, y.shape[-1]), _vec(bias), act, _res(residual, y.shape[-1]))
     return y
 
 
 def gelu(x):  # [...] -> [...]
-    return bias_act_(np.array(x, dtype=np.float32, order="C"), None, ACT_GELU)
+    return bias_act_residual_(np.array(x, dtype=np.float32, order="C"), None, ACT_GELU, None)
 
 
 def quick_gelu(x):  # [...] -> [...]
-    return bias_act_(np.array(x, dtype=np.float32, order="C"), None, ACT_QUICK_GELU)
+    return bias_act_residual_(np.array(x, dtype=np.float32, order="C"), None, ACT_QUICK_GELU, None)

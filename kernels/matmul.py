@@ -10,6 +10,9 @@ The maths is one line (`matmul_nt_numpy`); the Numba version is about where the 
     vectorises over k, so each tile ends with 16 horizontal reductions; a long KC (1024) amortises them.
   - `prange` runs over tasks = (block of NC columns) x (block of MC rows): each task writes its own part
     of C (no write sharing). MC only matters for large M; with M = 257 a task is a whole column block.
+  - The epilogue act(C + bias) + residual (`elementwise.epilogue_row`) runs on each task's block of C as soon
+    as the block is done, while it is still in L2: the separate pass over C after OpenBLAS costs 2-3% of a
+    forward.
   - The tasks are handed out one at a time (dynamic scheduling, `parallel_chunksize(1)`), not split in
     two halves up front: on a shared 2-core machine one core is often busy for a while (another process,
     or OpenBLAS's worker thread, which spins for ~0.1 s after each numpy GEMM), and with a static split
@@ -21,20 +24,24 @@ import numpy as np
 from numba import njit, prange
 
 from ._tile import FAST, MR, NR, dot_tile, store_tile
+from .elementwise import ACT_NONE, _res, _vec, bias_act_residual_numpy, epilogue_row
 
 KC = 1024  # K per packed block: MR x KC of A (16 KiB) fits L1. 512 was 5-10% slower (more reductions per flop)
 NC = 256  # rows of B (columns of C) per block: NC x KC of B (1 MiB) fits L2; fewer re-packs of A than 128
 MC = 512  # rows of A per task (a multiple of MR): enough tasks to balance 2 threads when M is large and N = 1024
 
 
-def matmul_nt_numpy(a, b):  # [M, K], [N, K] -> [M, N]: C[m, n] = sum_k A[m, k] B[n, k]
-    return a @ b.T
+def matmul_nt_numpy(a, b, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N, K] -> [M, N]
+    """C[m, n] = sum_k A[m, k] B[n, k], then act(C + bias) + residual (bias [N], residual [M, N], or None)."""
+    return bias_act_residual_numpy(a @ b.T, bias, act, residual)
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def _matmul_nt(a, b, c):  # [M, K], [N, K] -> c [M, N] (written)
+def _matmul_nt(a, b, c, bias, act, residual):  # [M, K], [N, K] -> c [M, N] (written)
+    # then c = act(c + bias) + residual, with bias [N] or [0] and residual [M, N] or [0, 0] for none
     m, k_total = a.shape
     n = b.shape[0]
+    epilogue = bias.shape[0] > 0 or act != ACT_NONE or residual.shape[0] > 0
     n_blocks = (n + NC - 1) // NC
     m_blocks = (m + MC - 1) // MC
     for task in prange(n_blocks * m_blocks):
@@ -58,14 +65,19 @@ def _matmul_nt(a, b, c):  # [M, K], [N, K] -> c [M, N] (written)
                 for j0 in range(0, ncp, NR):
                     tile = dot_tile(ap, 0, bp, j0, 0, kc)
                     store_tile(c_block, i0, j0, tile, m1, nc, k0 > 0)
+        if epilogue:
+            e, scratch = np.empty(NC, np.float32), np.empty(NC, np.float32)
+            for i in range(m0, m1):
+                epilogue_row(c, i, n0, n0 + nc, bias, act, residual, e, scratch)
 
 
-def matmul_nt(a, b, out=None):  # [M, K], [N, K] -> [M, N]
-    """`a @ b.T` in float32 with the Numba GEMM. `b` may be a read-only memory map; it is never copied whole."""
+def matmul_nt(a, b, out=None, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N, K] -> [M, N]
+    """act(a @ b.T + bias) + residual in float32 with the Numba GEMM (the same contract as `matmul_nt_numpy`).
+    `b` may be a read-only memory map; it is never copied whole."""
     a = np.ascontiguousarray(a, dtype=np.float32)
     b = np.ascontiguousarray(b, dtype=np.float32)
     if out is None:
         out = np.empty((a.shape[0], b.shape[0]), np.float32)
     with numba.parallel_chunksize(1):  # dynamic scheduling: a thread on a busy core just takes fewer tasks
-        _matmul_nt(a, b, out)
+        _matmul_nt(a, b, out, _vec(bias), act, _res(residual, out.shape[1]))
     return out

@@ -31,6 +31,15 @@ def test_matmul_nt(m, k, n):
     close(K.matmul_nt(a, b), K.matmul_nt_numpy(a, b), atol=2e-5 * math.sqrt(k))
 
 
+@pytest.mark.parametrize("act", [K.ACT_NONE, K.ACT_GELU, K.ACT_QUICK_GELU])
+@pytest.mark.parametrize("m,k,n", [(3, 5, 7), (70, KC + 3, NC + 5)])  # one block of C; several, ragged, 2 K blocks
+def test_matmul_nt_epilogue(act, m, k, n):
+    # act(a b^T + bias) + residual applied to each block of C inside the GEMM, against the twin's separate steps
+    a, b, bias, res = randn(m, k), randn(n, k, scale=0.1), randn(n), randn(m, n)
+    for kw in ({"bias": bias, "act": act}, {"bias": bias, "act": act, "residual": res}, {"act": act, "residual": res}):
+        close(K.matmul_nt(a, b, **kw), K.matmul_nt_numpy(a, b, **kw), atol=2e-5 * math.sqrt(k))
+
+
 def test_matmul_read_only_weight_and_out():
     a = randn(6, 33)
     b = randn(10, 33)
@@ -99,20 +108,14 @@ def test_activations(shape):
 
 @pytest.mark.parametrize("act", [K.ACT_NONE, K.ACT_GELU, K.ACT_QUICK_GELU])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_bias_act_in_place(act, with_bias):
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_bias_act_residual_in_place(act, with_bias, with_residual):
     y, b = randn(4, 9, 21, scale=3.0), randn(21) if with_bias else None
-    ref = K.bias_act_numpy(y, b, act)
-    out = K.bias_act_(y, b, act)
+    r = randn(4, 9, 21) if with_residual else None
+    ref = K.bias_act_residual_numpy(y, b, act, r)
+    out = K.bias_act_residual_(y, b, act, r)
     assert out is y
     close(y, ref, atol=2e-6)
-
-
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_bias_residual_in_place(with_bias):
-    y, r, b = randn(5, 33), randn(5, 33), randn(33) if with_bias else None
-    ref = K.bias_residual_numpy(y, b, r)
-    assert K.bias_residual_(y, b, r) is y
-    close(y, ref)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 4, 37), (257, 1024)])
