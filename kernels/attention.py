@@ -125,7 +125,7 @@ def _attention(q, k, v, mask, scale, out, probs, want_probs):
                         probs[b, h, r0 + i, j] = s[i, j] * inv_sum[i]
 
 
-def _rows(a):  # float32 with contiguous rows of D (any other strides) as the kernel reads it, else a copy
+def _rows_of_d(a):  # float32 with contiguous rows of D (any other strides) as the kernel reads it, else a copy
     a = np.asarray(a)
     return a if a.dtype == np.float32 and a.strides[-1] == 4 else np.ascontiguousarray(a, dtype=np.float32)
 
@@ -133,7 +133,7 @@ def _rows(a):  # float32 with contiguous rows of D (any other strides) as the ke
 def attention(q, k, v, mask, scale, return_probs=False):
     """The fused kernel; same contract as `attention_numpy`. The output is a [B, H, T, D] view of [B, T, H, D]
     memory, so `merge_heads` of it is a free reshape."""
-    q, k, v = _rows(q), _rows(k), _rows(v)
+    q, k, v = _rows_of_d(q), _rows_of_d(k), _rows_of_d(v)
     nb, nh, t, d = q.shape
     mask2 = np.zeros((nb, t), np.float32) if mask is None else np.ascontiguousarray(
         np.broadcast_to(mask, (nb, 1, 1, t)).reshape(nb, t), dtype=np.float32)
