@@ -7,7 +7,7 @@ import pytest
 
 import kernels as K
 from kernels.attention import RB, SHORT
-from kernels.matmul import KC, NC
+from kernels.matmul import KC, NC, NC_SMALL, SMALL_M
 
 RNG = np.random.default_rng(0)
 F32_MIN = np.finfo(np.float32).min
@@ -24,15 +24,16 @@ def close(ours, ref, atol=1e-5, rtol=1e-5):
 
 # ---- matmul --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 5, 7), (257, 70, 45), (5, KC + 3, NC + 5), (9, 2 * KC + 1, 2 * NC - 1),
-                                   (64, 128, 256)])
+# M <= SMALL_M cuts C into NC_SMALL columns per block, larger M into NC: both with a ragged last block
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 5, 7), (257, 70, 45), (5, KC + 3, NC_SMALL + 5),
+                                   (9, 2 * KC + 1, 2 * NC - 1), (64, 128, 256), (SMALL_M + 3, 70, NC + 5)])
 def test_matmul_nt(m, k, n):
     a, b = randn(m, k), randn(n, k)
     close(K.matmul_nt(a, b), K.matmul_nt_numpy(a, b), atol=2e-5 * math.sqrt(k))
 
 
 @pytest.mark.parametrize("act", [K.ACT_NONE, K.ACT_GELU, K.ACT_QUICK_GELU])
-@pytest.mark.parametrize("m,k,n", [(3, 5, 7), (70, KC + 3, NC + 5)])  # one block of C; several, ragged, 2 K blocks
+@pytest.mark.parametrize("m,k,n", [(3, 5, 7), (70, KC + 3, NC + 5), (SMALL_M + 3, 40, NC + 5)])  # 1 block; several, ragged
 def test_matmul_nt_epilogue(act, m, k, n):
     # act(a b^T + bias) + residual applied to each block of C inside the GEMM, against the twin's separate steps
     a, b, bias, res = randn(m, k), randn(n, k, scale=0.1), randn(n), randn(m, n)
