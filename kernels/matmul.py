@@ -9,8 +9,8 @@ The maths is one line (`matmul_nt_numpy`); the Numba version is about where the 
     of the B block.
   - The micro-kernel (`_tile.dot_tile`) keeps an MR x NR tile of C in registers while it runs over KC. It
     vectorises over k, so each tile ends with 16 horizontal reductions; a long KC (1024) amortises them.
-  - `prange` runs over tasks = (block of NC columns) x (block of MC rows): each task writes its own part
-    of C (no write sharing). MC only matters for large M; with M = 257 a task is a whole column block.
+  - `prange` runs over tasks = (block of NC columns) x (block of up to MC rows): each task writes its own
+    part of C (no write sharing). MC only matters for large M; up to M = MC a task is a whole column block.
   - The epilogue act(C + bias) + residual (`elementwise.epilogue_row`) runs on each task's block of C as soon
     as the block is done, while it is still in L2: the separate pass over C after OpenBLAS costs 2-3% of a
     forward.
@@ -30,7 +30,8 @@ from .elementwise import ACT_NONE, _res, _vec, bias_act_residual_numpy, epilogue
 KC = 1024  # K per packed block: MR x KC of A (16 KiB) fits L1. 512 was 5-10% slower (more reductions per flop)
 NC = 256  # rows of B (columns of C) per block: NC x KC of B (1 MiB) fits L2; fewer re-packs of A than 128
 NC_SMALL, SMALL_M = 128, 512  # the block for M <= SMALL_M: measured 1-3% faster at M = 128, 257; +1% at 512
-MC = 512  # rows of A per task (a multiple of MR): enough tasks to balance 2 threads when M is large and N = 1024
+MC = 1024  # at most this many rows of A per task, split evenly: one task per column block up to M = 1024 (a
+# 512 + 104 split of M = 616 packed each B block twice, the second time for only 104 rows: measured 2-4% slower)
 
 
 def matmul_nt_numpy(a, b, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N, K] -> [M, N]
@@ -45,13 +46,14 @@ def _matmul_nt(a, b, c, bias, act, residual, nc_block):  # [M, K], [N, K] -> c [
     n = b.shape[0]
     epilogue = bias.shape[0] > 0 or act != ACT_NONE or residual.shape[0] > 0
     n_blocks = (n + nc_block - 1) // nc_block
-    m_blocks = (m + MC - 1) // MC
+    m_blocks = max(1, (m + MC - 1) // MC)
+    mc = ((m + m_blocks - 1) // m_blocks + MR - 1) // MR * MR  # rows per task, a multiple of MR
     for task in prange(n_blocks * m_blocks):
         n0 = task // m_blocks * nc_block
         nc = min(nc_block, n - n0)
         ncp = (nc + NR - 1) // NR * NR
-        m0 = task % m_blocks * MC
-        m1 = min(m, m0 + MC)
+        m0 = task % m_blocks * mc
+        m1 = min(m, m0 + mc)
         bp = np.zeros((ncp, KC), np.float32)  # packed B block, rows past N stay zero
         ap = np.empty((MR, KC), np.float32)  # packed A micro-panel
         c_block = c[:, n0:n0 + nc]

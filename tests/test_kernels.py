@@ -7,7 +7,7 @@ import pytest
 
 import kernels as K
 from kernels.attention import RB, SHORT
-from kernels.matmul import KC, NC, NC_SMALL, SMALL_M
+from kernels.matmul import KC, MC, NC, NC_SMALL, SMALL_M
 
 RNG = np.random.default_rng(0)
 F32_MIN = np.finfo(np.float32).min
@@ -24,9 +24,11 @@ def close(ours, ref, atol=1e-5, rtol=1e-5):
 
 # ---- matmul --------------------------------------------------------------------------------------------------
 
-# M <= SMALL_M cuts C into NC_SMALL columns per block, larger M into NC: both with a ragged last block
+# M <= SMALL_M cuts C into NC_SMALL columns per block, larger M into NC: both with a ragged last block;
+# M > MC splits the rows of A too (two tasks per column block)
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 5, 7), (257, 70, 45), (5, KC + 3, NC_SMALL + 5),
-                                   (9, 2 * KC + 1, 2 * NC - 1), (64, 128, 256), (SMALL_M + 3, 70, NC + 5)])
+                                   (9, 2 * KC + 1, 2 * NC - 1), (64, 128, 256), (SMALL_M + 3, 70, NC + 5),
+                                   (MC + 3, 70, 45)])
 def test_matmul_nt(m, k, n):
     a, b = randn(m, k), randn(n, k)
     close(K.matmul_nt(a, b), K.matmul_nt_numpy(a, b), atol=2e-5 * math.sqrt(k))
