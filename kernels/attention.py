@@ -1,8 +1,8 @@
 """Fused scaled-dot-product attention: out = softmax(q k^T * scale + mask) v, per batch and head.
 
-The NumPy twin materialises all [B, H, T, T] scores. The Numba kernel runs one (batch, head) per parallel
-task and walks the queries RB rows at a time, so only an RB x T block of scores exists at once (it stays in
-L1/L2). Per block:
+The NumPy twin materialises all [B, H, T, T] scores. The Numba kernel runs a group of (batch, head) pairs per
+parallel task (its scratch allocated once per group) and walks each head's queries RB rows at a time, so only
+an RB x T block of scores exists at once (it stays in L1/L2). Per block:
   1. scores: the GEMM's register tile (`_tile.dot_tile`, reduction over D = 64 contiguous in q and k), stored
      as score * scale + mask while keeping each row's max; padded key columns get -inf;
   2. exp(score - row max) over the whole block as one flat vectorised loop (`_exp_row`): short rows (T = 16,
@@ -11,12 +11,13 @@ L1/L2). Per block:
   3. p v with the same tile against v^T [D, T] (transposed once per task) or, for short sequences
      (T <= SHORT), as axpys over D (out_i += p_ij v_j), each output row divided by its row sum at the store,
      so probabilities are only normalised when they are asked for.
-Operands are zero-padded to multiples of the tile, so padded keys and rows add nothing. All scratch is
-allocated once per task; one parallel region per call.
+Operands are zero-padded to multiples of the tile, so padded keys and rows add nothing. One parallel
+region per call.
 q, k and v may be the strided views that splitting heads gives ([B, T, H, D] memory seen as [B, H, T, D]):
 each task packs its head's rows into contiguous scratch anyway, so nothing is copied up front, and the output
 is written in [B, T, H, D] order, so merging the heads back is free (4 fewer [B, T, C] copies per layer).
 """
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -68,16 +69,14 @@ def _attention(q, k, v, mask, scale, out, probs, want_probs):
     nb, nh, t, d = q.shape
     tp = (t + NR - 1) // NR * NR
     dp = (d + NR - 1) // NR * NR
-    for bh in prange(nb * nh):
-        b, h = bh // nh, bh % nh
-        kp = np.zeros((tp, dp), np.float32)  # [T, D] zero-padded
-        kp[:t, :d] = k[b, h]
-        vt = np.zeros((dp, tp), np.float32)  # [D, T] zero-padded, for the tiled p v of longer sequences
+    n_tasks = nb * nh
+    # Scratch is allocated per group of heads, not per head: with short sequences (16 tokens, 512 heads) nine
+    # allocations per head cost as much as the maths. About 8 groups per thread keep the threads balanced.
+    group = max(1, n_tasks // (8 * numba.get_num_threads()))
+    for g in prange((n_tasks + group - 1) // group):
+        kp = np.zeros((tp, dp), np.float32)  # [T, D] zero-padded: only [:t, :d] is ever written
+        vt = np.zeros((dp if t > SHORT else 0, tp), np.float32)  # [D, T] zero-padded, for the tiled p v
         vp = np.empty((t if t <= SHORT else 0, d), np.float32)  # [T, D] contiguous, for the axpy p v
-        if t > SHORT:
-            vt[:d, :t] = v[b, h].T
-        else:
-            vp[:] = v[b, h]
         acc = np.empty(d, np.float32)  # one output row, for the axpy p v of short sequences
         qp = np.zeros((RB, dp), np.float32)  # one block of queries
         s_flat = np.empty(RB * tp, np.float32)  # its scores, then exp(score - max); padded keys -inf, then 0
@@ -86,43 +85,50 @@ def _attention(q, k, v, mask, scale, out, probs, want_probs):
         shifted = scratch.reshape((RB, tp))
         row_max = np.empty(RB, np.float32)
         inv_sum = np.empty(RB, np.float32)
-        for r0 in range(0, t, RB):
-            rb = min(RB, t - r0)
-            rbp = (rb + MR - 1) // MR * MR
-            qp[:rb, :d] = q[b, h, r0:r0 + rb]
-            qp[rb:rbp, :] = 0.0
-            row_max[:] = -np.inf
-            for i0 in range(0, rbp, MR):  # [rb, D] x [T, D] -> [rb, T]
-                for j0 in range(0, tp, NR):
-                    _store_scores(s, i0, j0, dot_tile(qp, i0, kp, j0, 0, dp), t, scale, mask[b], row_max)
-            for i in range(rbp):
-                m = row_max[i]
-                for j in range(tp):
-                    shifted[i, j] = s[i, j] - m  # stable: the largest exponent is 0
-            blk = scratch[:rbp * tp]
-            _exp_row(blk, s_flat[:rbp * tp], blk)  # exp reads its input before reusing it as scratch
-            for i in range(rbp):
-                total = np.float32(0.0)
-                for j in range(tp):
-                    total += s[i, j]
-                inv_sum[i] = np.float32(1.0) / total
-            if t <= SHORT:  # out row = sum_j p_j v_j: a few axpys over D beat 4x4 tiles reducing over T
-                for i in range(rb):
-                    acc[:] = 0.0
-                    for j in range(t):
-                        p = s[i, j]
-                        for dd in range(d):
-                            acc[dd] += p * vp[j, dd]
-                    for dd in range(d):
-                        out[b, h, r0 + i, dd] = acc[dd] * inv_sum[i]
+        for bh in range(g * group, min(n_tasks, (g + 1) * group)):
+            b, h = bh // nh, bh % nh
+            kp[:t, :d] = k[b, h]
+            if t > SHORT:
+                vt[:d, :t] = v[b, h].T
             else:
-                for i0 in range(0, rbp, MR):  # [rb, T] x [D, T] -> [rb, D], each row times 1 / its sum
-                    for j0 in range(0, dp, NR):
-                        _store_out(out[b, h, r0:], i0, j0, dot_tile(s, i0, vt, j0, 0, tp), rb, d, inv_sum)
-            if want_probs:
-                for i in range(rb):
-                    for j in range(t):
-                        probs[b, h, r0 + i, j] = s[i, j] * inv_sum[i]
+                vp[:] = v[b, h]
+            for r0 in range(0, t, RB):
+                rb = min(RB, t - r0)
+                rbp = (rb + MR - 1) // MR * MR
+                qp[:rb, :d] = q[b, h, r0:r0 + rb]
+                qp[rb:rbp, :] = 0.0
+                row_max[:] = -np.inf
+                for i0 in range(0, rbp, MR):  # [rb, D] x [T, D] -> [rb, T]
+                    for j0 in range(0, tp, NR):
+                        _store_scores(s, i0, j0, dot_tile(qp, i0, kp, j0, 0, dp), t, scale, mask[b], row_max)
+                for i in range(rbp):
+                    m = row_max[i]
+                    for j in range(tp):
+                        shifted[i, j] = s[i, j] - m  # stable: the largest exponent is 0
+                blk = scratch[:rbp * tp]
+                _exp_row(blk, s_flat[:rbp * tp], blk)  # exp reads its input before reusing it as scratch
+                for i in range(rbp):
+                    total = np.float32(0.0)
+                    for j in range(tp):
+                        total += s[i, j]
+                    inv_sum[i] = np.float32(1.0) / total
+                if t <= SHORT:  # out row = sum_j p_j v_j: a few axpys over D beat 4x4 tiles reducing over T
+                    for i in range(rb):
+                        acc[:] = 0.0
+                        for j in range(t):
+                            p = s[i, j]
+                            for dd in range(d):
+                                acc[dd] += p * vp[j, dd]
+                        for dd in range(d):
+                            out[b, h, r0 + i, dd] = acc[dd] * inv_sum[i]
+                else:
+                    for i0 in range(0, rbp, MR):  # [rb, T] x [D, T] -> [rb, D], each row times 1 / its sum
+                        for j0 in range(0, dp, NR):
+                            _store_out(out[b, h, r0:], i0, j0, dot_tile(s, i0, vt, j0, 0, tp), rb, d, inv_sum)
+                if want_probs:
+                    for i in range(rb):
+                        for j in range(t):
+                            probs[b, h, r0 + i, j] = s[i, j] * inv_sum[i]
 
 
 def _rows_of_d(a):  # float32 with contiguous rows of D (any other strides) as the kernel reads it, else a copy
