@@ -64,15 +64,13 @@ def _store_out(o, i0, j0, tile, m, n, inv_sum):  # o[i0 + i, j0 + j] = tile * in
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def _attention(q, k, v, mask, scale, out, probs, want_probs):
-    # q, k, v, out [B, H, T, D]; mask [B, T] additive; probs [B, H, T, T] (a dummy unless want_probs)
+def _attention(q, k, v, mask, scale, out, probs, want_probs, group):
+    # q, k, v, out [B, H, T, D]; mask [B, T] additive; probs [B, H, T, T] (a dummy unless want_probs);
+    # group: (batch, head) pairs per task
     nb, nh, t, d = q.shape
     tp = (t + NR - 1) // NR * NR
     dp = (d + NR - 1) // NR * NR
     n_tasks = nb * nh
-    # Scratch is allocated per group of heads, not per head: with short sequences (16 tokens, 512 heads) nine
-    # allocations per head cost as much as the maths. About 8 groups per thread keep the threads balanced.
-    group = max(1, n_tasks // (8 * numba.get_num_threads()))
     for g in prange((n_tasks + group - 1) // group):
         kp = np.zeros((tp, dp), np.float32)  # [T, D] zero-padded: only [:t, :d] is ever written
         vt = np.zeros((dp if t > SHORT else 0, tp), np.float32)  # [D, T] zero-padded, for the tiled p v
@@ -145,5 +143,8 @@ def attention(q, k, v, mask, scale, return_probs=False):
         np.broadcast_to(mask, (nb, 1, 1, t)).reshape(nb, t), dtype=np.float32)
     out = np.empty((nb, t, nh, d), np.float32).transpose(0, 2, 1, 3)
     probs = np.empty(q.shape[:3] + (t,), np.float32) if return_probs else np.empty((1, 1, 1, 1), np.float32)
-    _attention(q, k, v, mask2, np.float32(scale), out, probs, return_probs)
+    # Scratch is allocated per group of heads, not per head: with short sequences (16 tokens, 512 heads) nine
+    # allocations per head cost as much as the maths. About 8 groups per thread keep the threads balanced.
+    group = max(1, nb * nh // (8 * numba.get_num_threads()))
+    _attention(q, k, v, mask2, np.float32(scale), out, probs, return_probs, group)
     return out, (probs if return_probs else None)
