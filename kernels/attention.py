@@ -63,6 +63,58 @@ def _store_out(o, i0, j0, tile, m, n, inv_sum):  # o[i0 + i, j0 + j] = tile * in
                     o[i0 + i, j0 + j] = tile[i][j] * inv_sum[i0 + i]
 
 
+@njit(fastmath=FAST, inline="always", cache=True)
+def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, acc, qp, s_flat, scratch,
+                    row_max, inv_sum):
+    # one head: q, k, v, out [T, D]; mask_b [T]; probs [T, T] (written if want_probs); the rest is scratch
+    t, d = q.shape
+    tp, dp = kp.shape
+    s = s_flat.reshape((RB, tp))
+    shifted = scratch.reshape((RB, tp))
+    kp[:t, :d] = k
+    if t > SHORT:
+        vt[:d, :t] = v.T
+    else:
+        vp[:] = v
+    for r0 in range(0, t, RB):
+        rb = min(RB, t - r0)
+        rbp = (rb + MR - 1) // MR * MR
+        qp[:rb, :d] = q[r0:r0 + rb]
+        qp[rb:rbp, :] = 0.0
+        row_max[:] = -np.inf
+        for i0 in range(0, rbp, MR):  # [rb, D] x [T, D] -> [rb, T]
+            for j0 in range(0, tp, NR):
+                _store_scores(s, i0, j0, dot_tile(qp, i0, kp, j0, 0, dp), t, scale, mask_b, row_max)
+        for i in range(rbp):
+            m = row_max[i]
+            for j in range(tp):
+                shifted[i, j] = s[i, j] - m  # stable: the largest exponent is 0
+        blk = scratch[:rbp * tp]
+        _exp_row(blk, s_flat[:rbp * tp], blk)  # exp reads its input before reusing it as scratch
+        for i in range(rbp):
+            total = np.float32(0.0)
+            for j in range(tp):
+                total += s[i, j]
+            inv_sum[i] = np.float32(1.0) / total
+        if t <= SHORT:  # out row = sum_j p_j v_j: a few axpys over D beat 4x4 tiles reducing over T
+            for i in range(rb):
+                acc[:] = 0.0
+                for j in range(t):
+                    p = s[i, j]
+                    for dd in range(d):
+                        acc[dd] += p * vp[j, dd]
+                for dd in range(d):
+                    out[r0 + i, dd] = acc[dd] * inv_sum[i]
+        else:
+            for i0 in range(0, rbp, MR):  # [rb, T] x [D, T] -> [rb, D], each row times 1 / its sum
+                for j0 in range(0, dp, NR):
+                    _store_out(out[r0:], i0, j0, dot_tile(s, i0, vt, j0, 0, tp), rb, d, inv_sum)
+        if want_probs:
+            for i in range(rb):
+                for j in range(t):
+                    probs[r0 + i, j] = s[i, j] * inv_sum[i]
+
+
 @njit(parallel=True, fastmath=FAST, cache=True)
 def _attention(q, k, v, mask, scale, out, probs, want_probs, group):
     # q, k, v, out [B, H, T, D]; mask [B, T] additive; probs [B, H, T, T] (a dummy unless want_probs);
@@ -78,55 +130,14 @@ def _attention(q, k, v, mask, scale, out, probs, want_probs, group):
         acc = np.empty(d, np.float32)  # one output row, for the axpy p v of short sequences
         qp = np.zeros((RB, dp), np.float32)  # one block of queries
         s_flat = np.empty(RB * tp, np.float32)  # its scores, then exp(score - max); padded keys -inf, then 0
-        s = s_flat.reshape((RB, tp))
         scratch = np.empty(RB * tp, np.float32)  # score - max, then _exp_row's scratch
-        shifted = scratch.reshape((RB, tp))
         row_max = np.empty(RB, np.float32)
         inv_sum = np.empty(RB, np.float32)
         for bh in range(g * group, min(n_tasks, (g + 1) * group)):
             b, h = bh // nh, bh % nh
-            kp[:t, :d] = k[b, h]
-            if t > SHORT:
-                vt[:d, :t] = v[b, h].T
-            else:
-                vp[:] = v[b, h]
-            for r0 in range(0, t, RB):
-                rb = min(RB, t - r0)
-                rbp = (rb + MR - 1) // MR * MR
-                qp[:rb, :d] = q[b, h, r0:r0 + rb]
-                qp[rb:rbp, :] = 0.0
-                row_max[:] = -np.inf
-                for i0 in range(0, rbp, MR):  # [rb, D] x [T, D] -> [rb, T]
-                    for j0 in range(0, tp, NR):
-                        _store_scores(s, i0, j0, dot_tile(qp, i0, kp, j0, 0, dp), t, scale, mask[b], row_max)
-                for i in range(rbp):
-                    m = row_max[i]
-                    for j in range(tp):
-                        shifted[i, j] = s[i, j] - m  # stable: the largest exponent is 0
-                blk = scratch[:rbp * tp]
-                _exp_row(blk, s_flat[:rbp * tp], blk)  # exp reads its input before reusing it as scratch
-                for i in range(rbp):
-                    total = np.float32(0.0)
-                    for j in range(tp):
-                        total += s[i, j]
-                    inv_sum[i] = np.float32(1.0) / total
-                if t <= SHORT:  # out row = sum_j p_j v_j: a few axpys over D beat 4x4 tiles reducing over T
-                    for i in range(rb):
-                        acc[:] = 0.0
-                        for j in range(t):
-                            p = s[i, j]
-                            for dd in range(d):
-                                acc[dd] += p * vp[j, dd]
-                        for dd in range(d):
-                            out[b, h, r0 + i, dd] = acc[dd] * inv_sum[i]
-                else:
-                    for i0 in range(0, rbp, MR):  # [rb, T] x [D, T] -> [rb, D], each row times 1 / its sum
-                        for j0 in range(0, dp, NR):
-                            _store_out(out[b, h, r0:], i0, j0, dot_tile(s, i0, vt, j0, 0, tp), rb, d, inv_sum)
-                if want_probs:
-                    for i in range(rb):
-                        for j in range(t):
-                            probs[b, h, r0 + i, j] = s[i, j] * inv_sum[i]
+            _attention_head(q[b, h], k[b, h], v[b, h], mask[b], scale, out[b, h],
+                            probs[b, h] if want_probs else probs[0, 0], want_probs,
+                            kp, vt, vp, acc, qp, s_flat, scratch, row_max, inv_sum)
 
 
 def _rows_of_d(a):  # float32 with contiguous rows of D (any other strides) as the kernel reads it, else a copy
