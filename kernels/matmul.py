@@ -29,7 +29,7 @@ from .elementwise import ACT_NONE, _res, _vec, bias_act_residual_numpy, epilogue
 
 KC = 1024  # K per packed block: MR x KC of A (16 KiB) fits L1. 512 was 5-10% slower (more reductions per flop)
 NC = 256  # rows of B (columns of C) per block: NC x KC of B (1 MiB) fits L2; fewer re-packs of A than 128
-NC_SMALL, SMALL_M = 128, 512  # the block for M <= SMALL_M: measured 1-3% faster at M = 128, 257; +1% at 512
+NC_SMALL, SMALL_M = 128, 512  # the block for M <= SMALL_M: measured 0-6% faster at M = 128, 512; same at 257
 MC = 1024  # at most this many rows of A per task, split evenly: one task per column block up to M = 1024 (a
 # 512 + 104 split of M = 616 packed each B block twice, the second time for only 104 rows: measured 2-4% slower)
 
@@ -82,7 +82,7 @@ def matmul_nt(a, b, out=None, bias=None, act=ACT_NONE, residual=None):  # [M, K]
     b = np.ascontiguousarray(b, dtype=np.float32)
     if out is None:
         out = np.empty((a.shape[0], b.shape[0]), np.float32)
+    nc_block = NC_SMALL if a.shape[0] <= SMALL_M else NC
     with numba.parallel_chunksize(1):  # dynamic scheduling: a thread on a busy core just takes fewer tasks
-        nc_block = NC_SMALL if a.shape[0] <= SMALL_M else NC
         _matmul_nt(a, b, out, _vec(bias), act, _res(residual, out.shape[1]), nc_block)
     return out

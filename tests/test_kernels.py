@@ -35,7 +35,8 @@ def test_matmul_nt(m, k, n):
 
 
 @pytest.mark.parametrize("act", [K.ACT_NONE, K.ACT_GELU, K.ACT_QUICK_GELU])
-@pytest.mark.parametrize("m,k,n", [(3, 5, 7), (70, KC + 3, NC + 5), (SMALL_M + 3, 40, NC + 5)])  # 1 block; several, ragged
+# one block of C; several, ragged, 2 K blocks; NC-column blocks (M > SMALL_M)
+@pytest.mark.parametrize("m,k,n", [(3, 5, 7), (70, KC + 3, NC + 5), (SMALL_M + 3, 40, NC + 5)])
 def test_matmul_nt_epilogue(act, m, k, n):
     # act(a b^T + bias) + residual applied to each block of C inside the GEMM, against the twin's separate steps
     a, b, bias, res = randn(m, k), randn(n, k, scale=0.1), randn(n), randn(m, n)
