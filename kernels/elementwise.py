@@ -33,29 +33,27 @@ ACT_NONE, ACT_GELU, ACT_QUICK_GELU = 0, 1, 2
 
 # ---- NumPy twins: the maths ------------------------------------------------------------------------------
 
+def horner(coeffs, x):  # coeffs[0] x^(n-1) + ... + coeffs[n-1]: arrays here, float32 scalars in the kernels
+    p = coeffs[0]
+    for c in coeffs[1:]:
+        p = p * x + c
+    return p
+
+
 def exp_numpy(x):  # Cephes expf, elementwise: ~1 ulp on [-87.3, 88]; 0 below, exp(88) above
     x = np.asarray(x, np.float32)
     underflow = x < _EXP_LO
     x = np.clip(x, _EXP_LO, _EXP_HI)
     n = np.floor(x * _LOG2E + np.float32(0.5))
     r = x - n * _LN2_HI - n * _LN2_LO
-    p = np.float32(_EXP_P[0])
-    for c in _EXP_P[1:]:
-        p = p * r + c
-    p = p * r * r + r + np.float32(1.0)
+    p = horner(_EXP_P, r) * r * r + r + np.float32(1.0)
     return np.where(underflow, np.float32(0.0), p * np.ldexp(np.float32(1.0), n.astype(np.int32)).astype(np.float32))
 
 
 def erf_numpy(x):  # x p(x^2) / q(x^2), x clamped to [-4, 4] where erf is 1 to float32 precision
     x = np.clip(np.asarray(x, np.float32), np.float32(-4.0), np.float32(4.0))
     x2 = x * x
-    p = np.float32(_ERF_ALPHA[0])
-    for c in _ERF_ALPHA[1:]:
-        p = p * x2 + c
-    q = np.float32(_ERF_BETA[0])
-    for c in _ERF_BETA[1:]:
-        q = q * x2 + c
-    return x * p / q
+    return x * horner(_ERF_ALPHA, x2) / horner(_ERF_BETA, x2)
 
 
 def gelu_numpy(x):  # x/2 (1 + erf(x / sqrt 2)): transformers' "gelu"
@@ -90,6 +88,9 @@ def bias_act_residual_numpy(y, bias, act, residual):  # act(y + bias) + residual
 
 # ---- Numba kernels ---------------------------------------------------------------------------------------
 
+_horner = njit(fastmath=FAST, inline="always", cache=True)(horner)  # the twins' own polynomial, unrolled
+
+
 @njit(fastmath=FAST, inline="always", cache=True)
 def _exp_row(x, out, scratch):  # x [n] -> out [n] = exp(x); scratch [n] float32, clobbered
     two_n = scratch.view(np.int32)  # 2^n built from its IEEE bits: exponent field n + 127
@@ -97,13 +98,7 @@ def _exp_row(x, out, scratch):  # x [n] -> out [n] = exp(x); scratch [n] float32
         xj = min(max(x[j], _EXP_LO), _EXP_HI)
         n = np.floor(xj * _LOG2E + np.float32(0.5))
         r = xj - n * _LN2_HI - n * _LN2_LO
-        p = _EXP_P[0]
-        p = p * r + _EXP_P[1]
-        p = p * r + _EXP_P[2]
-        p = p * r + _EXP_P[3]
-        p = p * r + _EXP_P[4]
-        p = p * r + _EXP_P[5]
-        out[j] = p * r * r + r + np.float32(1.0)
+        out[j] = _horner(_EXP_P, r) * r * r + r + np.float32(1.0)
         two_n[j] = (np.int32(n) + np.int32(127)) << 23 if x[j] >= _EXP_LO else 0  # 0.0: exp underflows to 0
     for j in range(x.shape[0]):  # a second pass, so both loops vectorise
         out[j] *= scratch[j]
@@ -113,19 +108,7 @@ def _exp_row(x, out, scratch):  # x [n] -> out [n] = exp(x); scratch [n] float32
 def _erf(x):
     x = min(max(x, np.float32(-4.0)), np.float32(4.0))
     x2 = x * x
-    p = _ERF_ALPHA[0]
-    p = p * x2 + _ERF_ALPHA[1]
-    p = p * x2 + _ERF_ALPHA[2]
-    p = p * x2 + _ERF_ALPHA[3]
-    p = p * x2 + _ERF_ALPHA[4]
-    p = p * x2 + _ERF_ALPHA[5]
-    p = p * x2 + _ERF_ALPHA[6]
-    q = _ERF_BETA[0]
-    q = q * x2 + _ERF_BETA[1]
-    q = q * x2 + _ERF_BETA[2]
-    q = q * x2 + _ERF_BETA[3]
-    q = q * x2 + _ERF_BETA[4]
-    return x * p / q
+    return x * _horner(_ERF_ALPHA, x2) / _horner(_ERF_BETA, x2)
 
 
 @njit(fastmath=FAST, inline="always", cache=True)
