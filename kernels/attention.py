@@ -1,4 +1,5 @@
 """Fused scaled-dot-product attention: out = softmax(q k^T * scale + mask) v, per batch and head.
+Queries and keys may differ in number (Tq, Tk): the embedding-only forward asks for the first token's row only.
 
 The NumPy twin materialises all [B, H, T, T] scores. The Numba kernel runs a group of (batch, head) pairs per
 parallel task (its scratch allocated once per group) and walks each head's queries RB rows at a time, so only
@@ -29,8 +30,9 @@ SHORT = 80  # up to this many keys p v runs as axpys over D: the tile's final su
 
 
 def attention_numpy(q, k, v, mask, scale, return_probs=False):
-    """q, k, v [B, H, T, D]; mask additive [B, 1, 1, T] or None -> (out [B, H, T, D], probs [B, H, T, T] | None)"""
-    scores = (q @ k.transpose(0, 1, 3, 2)) * np.float32(scale)  # [B, H, T, T]
+    """q [B, H, Tq, D], k, v [B, H, Tk, D]; mask additive [B, 1, 1, Tk] or None
+    -> (out [B, H, Tq, D], probs [B, H, Tq, Tk] | None)"""
+    scores = (q @ k.transpose(0, 1, 3, 2)) * np.float32(scale)  # [B, H, Tq, Tk]
     if mask is not None:
         scores = scores + mask
     scores = scores - scores.max(axis=-1, keepdims=True)  # stable: the largest exponent is 0
@@ -66,8 +68,9 @@ def _store_out(o, i0, j0, tile, m, n, inv_sum):  # o[i0 + i, j0 + j] = tile * in
 @njit(fastmath=FAST, inline="always", cache=True)
 def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, acc, qp, s_flat, scratch,
                     row_max, inv_sum):
-    # one head: q, k, v, out [T, D]; mask_b [T]; probs [T, T] (written if want_probs); the rest is scratch
-    t, d = q.shape
+    # one head: q, out [Tq, D]; k, v [T, D]; mask_b [T]; probs [Tq, T] (written if want_probs); the rest scratch
+    tq, d = q.shape
+    t = k.shape[0]
     tp, dp = kp.shape
     s = s_flat.reshape((RB, tp))
     shifted = scratch.reshape((RB, tp))
@@ -76,8 +79,8 @@ def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, 
         vt[:d, :t] = v.T
     else:
         vp[:] = v
-    for r0 in range(0, t, RB):
-        rb = min(RB, t - r0)
+    for r0 in range(0, tq, RB):
+        rb = min(RB, tq - r0)
         rbp = (rb + MR - 1) // MR * MR
         qp[:rb, :d] = q[r0:r0 + rb]
         qp[rb:rbp, :] = 0.0
@@ -117,9 +120,10 @@ def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
 def _attention(q, k, v, mask, scale, out, probs, want_probs, group):
-    # q, k, v, out [B, H, T, D]; mask [B, T] additive; probs [B, H, T, T] (a dummy unless want_probs);
-    # group: (batch, head) pairs per task
-    nb, nh, t, d = q.shape
+    # q, out [B, H, Tq, D]; k, v [B, H, T, D]; mask [B, T] additive; probs [B, H, Tq, T] (a dummy unless
+    # want_probs); group: (batch, head) pairs per task
+    nb, nh, _, d = q.shape
+    t = k.shape[2]
     tp = (t + NR - 1) // NR * NR
     dp = (d + NR - 1) // NR * NR
     n_tasks = nb * nh
@@ -149,10 +153,11 @@ def attention(q, k, v, mask, scale, return_probs=False):
     """The fused kernel; same contract as `attention_numpy`. The output is a [B, H, T, D] view of [B, T, H, D]
     memory, so `merge_heads` of it is a free reshape."""
     q, k, v = _rows_of_d(q), _rows_of_d(k), _rows_of_d(v)
-    nb, nh, t, d = q.shape
+    nb, nh, tq, d = q.shape
+    t = k.shape[2]
     mask2 = np.zeros((nb, t), np.float32) if mask is None else np.ascontiguousarray(
         np.broadcast_to(mask, (nb, 1, 1, t)).reshape(nb, t), dtype=np.float32)
-    out = np.empty((nb, t, nh, d), np.float32).transpose(0, 2, 1, 3)
+    out = np.empty((nb, tq, nh, d), np.float32).transpose(0, 2, 1, 3)
     probs = np.empty(q.shape[:3] + (t,), np.float32) if return_probs else np.empty((1, 1, 1, 1), np.float32)
     # Scratch is allocated per group of heads, not per head: with short sequences (16 tokens, 512 heads) nine
     # allocations per head cost as much as the maths. About 8 groups per thread keep the threads balanced.

@@ -85,6 +85,19 @@ def test_attention(name, shape, mask):
     np.testing.assert_array_equal(out2, out)
 
 
+@pytest.mark.parametrize("tq,t", [(1, 9), (1, SHORT + 5), (RB + 2, 5), (3, RB + 2)])
+def test_attention_queries_and_keys_differ_in_number(tq, t):
+    # the embedding-only forward's last layer: the first token's query against every key
+    q, k, v = randn(2, 3, tq, 16, scale=2.0), randn(2, 3, t, 16), randn(2, 3, t, 16)
+    mask = np.zeros((2, 1, 1, t), np.float32)
+    mask[1, ..., t // 2:] = F32_MIN
+    out, probs = K.attention(q, k, v, mask, 0.25, return_probs=True)
+    ref_out, ref_probs = K.attention_numpy(q, k, v, mask, 0.25, return_probs=True)
+    assert out.shape == (2, 3, tq, 16) and probs.shape == (2, 3, tq, t)
+    close(out, ref_out)
+    close(probs, ref_probs, atol=1e-6)
+
+
 def test_attention_non_contiguous_inputs():
     x = randn(2, 9, 3, 8).transpose(0, 2, 1, 3)  # [B, T, H, D] viewed as [B, H, T, D], as split_heads gives
     out, _ = K.attention(x, x, x, None, 0.3)
