@@ -109,12 +109,37 @@ def attention(q, k, v, mask, scale, return_probs=False):  # [B, H, T, Dh] x3, [B
     return scores @ v, (scores if return_probs else None)
 
 
-def mha(x, mask, q, k, v, n_head, return_probs=False):
+def mha(x, mask, q, k, v, n_head, return_probs=False, packing=None, xq=None):
     """Multi-head self-attention without the output projection.  # [B, T, C] -> [B, T, C], [B, H, T, T]|None
-    q, k, v are (weight, bias) pairs; mask is additive [B, 1, 1, T] or None."""
-    heads = [split_heads(linear(x, *wb), n_head) for wb in (q, k, v)]
-    out, probs = attention(*heads, mask, (x.shape[-1] // n_head) ** -0.5, return_probs)
-    return merge_heads(out), probs
+    q, k, v are (weight, bias) pairs; mask is additive [B, 1, 1, T] or None.
+    With `packing`, x (and the output) hold only the packed rows [n, C] of the batch. With `xq` [B, Tq, C], only
+    these rows are queries (the output is [B, Tq, C]); every row of x still gives a key and a value."""
+    batched = packing.unpack if packing is not None else (lambda y: y)  # attention runs on [B, H, T, D]
+    keys, values = (split_heads(batched(linear(x, *wb)), n_head) for wb in (k, v))
+    query = split_heads(batched(linear(x, *q)) if xq is None else linear(xq, *q), n_head)
+    out, probs = attention(query, keys, values, mask, (x.shape[-1] // n_head) ** -0.5, return_probs)
+    out = merge_heads(out)
+    return (packing.pack(out) if packing is not None and xq is None else out), probs
+
+
+class Packing:
+    """The rows of a [B, T, C] batch worth computing, packed as [n, C]: padding tokens are never attended to,
+    so a forward that only returns real tokens' outputs can leave them out of every GEMM."""
+
+    def __init__(self, keep):  # [B, T] bool
+        self.shape, self.rows = keep.shape, np.flatnonzero(keep)
+        self.firsts = np.searchsorted(self.rows, np.arange(keep.shape[0]) * keep.shape[1])  # token 0's row
+
+    def pack(self, x):  # [B, T, C] -> [n, C]
+        return x.reshape(-1, x.shape[-1])[self.rows]
+
+    def unpack(self, x):  # [n, C] -> [B, T, C], zeros in the left-out rows
+        out = np.zeros((self.shape[0] * self.shape[1], x.shape[-1]), x.dtype)
+        out[self.rows] = x
+        return out.reshape(self.shape + (x.shape[-1],))
+
+    def first(self, x):  # [n, C] -> [B, C]: each sequence's token 0 (kept)
+        return x[self.firsts]
 
 
 def additive_mask(attention_mask):  # [B, T] of 1 (keep) / 0 (pad) -> [B, 1, 1, T] of 0 / float32 min

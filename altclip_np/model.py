@@ -151,6 +151,28 @@ class AltCLIPModel(PreTrainedModel):
         out.pooler_output = linear(out.pooler_output, self.weights["visual_projection.weight"])
         return _finish(out, return_dict)
 
+    def encode_text(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                    normalize=False):  # -> [B, d]
+        """`get_text_features(...).pooler_output` for less work, as open_clip's encode_text: padding tokens
+        are left out of every layer and the last layer computes the first token only (nothing else of the
+        tower's output is needed). `normalize`: unit rows, as forward's text_embeds."""
+        inputs = text_inputs(self.config.text_config, input_ids, attention_mask, token_type_ids, position_ids,
+                             None)
+        projected, _, _ = text.text_forward(self.weights, self.config.text_config, **inputs,
+                                            release_weights=self.release_weights, pooled_only=True)
+        features = linear(projected[:, 0], self.weights["text_projection.weight"])
+        return l2_normalize(features) if normalize else features
+
+    def encode_image(self, pixel_values=None, interpolate_pos_encoding=False, normalize=False):  # -> [B, d]
+        """`get_image_features(...).pooler_output` for less work: the last layer computes the class token only.
+        `normalize`: unit rows, as forward's image_embeds."""
+        pixel_values = pixel_inputs(self.config.vision_config, pixel_values, interpolate_pos_encoding)
+        _, pooled, _, _ = vision.vision_forward(self.weights, self.config.vision_config, pixel_values,
+                                                interpolate_pos_encoding, release_weights=self.release_weights,
+                                                pooled_only=True)
+        features = linear(pooled, self.weights["visual_projection.weight"])
+        return l2_normalize(features) if normalize else features
+
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, token_type_ids=None,
                 position_ids=None, return_loss=False, output_attentions=False, output_hidden_states=False,
                 interpolate_pos_encoding=False, return_dict=True):

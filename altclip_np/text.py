@@ -5,7 +5,7 @@ B = batch, T = tokens, C = hidden size, H = heads.
 """
 import numpy as np
 
-from .layers import additive_mask, check_activation, layer_norm, linear, mha
+from .layers import Packing, additive_mask, check_activation, layer_norm, linear, mha
 from .weights import release
 
 P = "text_model."  # every key of the text tower starts with this (AltCLIPModel's naming)
@@ -46,12 +46,15 @@ def embeddings_forward(w, cfg, input_ids, inputs_embeds, token_type_ids, positio
     return layer_norm(x, w[e + "LayerNorm.weight"], w[e + "LayerNorm.bias"], cfg.layer_norm_eps)
 
 
-def roberta_layer(x, mask, w, l, cfg, return_probs=False):  # [B, T, C] -> [B, T, C], probs
-    """Post-LN: x = LN(x + attn(x)); x = LN(x + ffn(x)). `l` is the layer's key prefix."""
+def roberta_layer(x, mask, w, l, cfg, return_probs=False, packing=None, first_only=False):  # [B, T, C] -> same
+    """Post-LN: x = LN(x + attn(x)); x = LN(x + ffn(x)). `l` is the layer's key prefix.
+    With `packing`, x is the packed rows [n, C]; with `first_only`, only token 0's row is computed: [B, 1, C]."""
     eps = cfg.layer_norm_eps
     s = l + "attention.self."
+    xq = (x[:, 0] if packing is None else packing.first(x))[:, None] if first_only else None
     a, probs = mha(x, mask, *[(w[f"{s}{n}.weight"], w[f"{s}{n}.bias"]) for n in ("query", "key", "value")],
-                   cfg.num_attention_heads, return_probs)
+                   cfg.num_attention_heads, return_probs, packing, xq)
+    x = x if xq is None else xq
     o = l + "attention.output."
     x = layer_norm(linear(a, w[o + "dense.weight"], w[o + "dense.bias"], residual=x),
                    w[o + "LayerNorm.weight"], w[o + "LayerNorm.bias"], eps)
@@ -62,21 +65,41 @@ def roberta_layer(x, mask, w, l, cfg, return_probs=False):  # [B, T, C] -> [B, T
     return x, probs
 
 
+def rows_to_compute(attention_mask):  # [B, T] -> [B, T] bool
+    """The real tokens, and token 0 (the pooled one) even when it is padding. A row with no real token keeps
+    all of its tokens: it attends to every key evenly (all are masked), padding's values included."""
+    keep = np.asarray(attention_mask).astype(bool)
+    keep[:, 0] = True
+    keep[~np.asarray(attention_mask).astype(bool).any(axis=1)] = True
+    return keep
+
+
 def text_forward(w, cfg, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, output_attentions=False, output_hidden_states=False,
-                 release_weights=False):
-    """The whole text tower on validated inputs. Returns (projected [B, T, D], hidden_states, attentions)."""
+                 release_weights=False, pooled_only=False):
+    """The whole text tower on validated inputs. Returns (projected [B, T, D], hidden_states, attentions).
+    pooled_only: only token 0's projection, [B, 1, D], the same numbers for less work (no hidden states or
+    attentions): padding tokens, which no token attends to, are left out of every layer, and the last layer
+    computes token 0's row only."""
     check_activation(cfg.hidden_act)
     x = embeddings_forward(w, cfg, input_ids, inputs_embeds, token_type_ids, position_ids)
     mask = None if attention_mask is None or attention_mask.all() else additive_mask(attention_mask)
+    packing = None
+    if pooled_only and mask is not None:
+        keep = rows_to_compute(attention_mask)
+        packing = None if keep.all() else Packing(keep)
+        x = x if packing is None else packing.pack(x)
     hidden_states, attentions = [x], []
     for i in range(cfg.num_hidden_layers):
         layer = f"{P}roberta.encoder.layer.{i}."
-        x, probs = roberta_layer(x, mask, w, layer, cfg, output_attentions)
+        last = pooled_only and i == cfg.num_hidden_layers - 1
+        x, probs = roberta_layer(x, mask, w, layer, cfg, output_attentions, packing, first_only=last)
         if release_weights:  # keep only ~one layer of the memory-mapped weights resident
             release([a for key, a in w.items() if key.startswith(layer)])
         hidden_states.append(x)
         attentions.append(probs)
+    if pooled_only and cfg.num_hidden_layers == 0:
+        x = (x[:, 0] if packing is None else packing.first(x))[:, None]
     x = layer_norm(x, w[P + "pre_LN.weight"], w[P + "pre_LN.bias"], cfg.layer_norm_eps)
     projected = linear(x, w[P + "transformation.weight"], w[P + "transformation.bias"])
     return (projected, tuple(hidden_states) if output_hidden_states else None,

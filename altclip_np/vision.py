@@ -85,28 +85,32 @@ def embeddings_forward(w, cfg, pixel_values, interpolate_pos_encoding):  # [B, C
     return x + position_embeddings(w[e + "position_embedding.weight"], cfg, H, W, interpolate_pos_encoding)
 
 
-def encoder_layer(x, w, l, cfg, return_probs=False):  # [B, T, D] -> [B, T, D], probs
-    """Pre-LN: x = x + attn(LN(x)); x = x + mlp(LN(x)). `l` is the layer's key prefix."""
+def encoder_layer(x, w, l, cfg, return_probs=False, first_only=False):  # [B, T, D] -> [B, T, D], probs
+    """Pre-LN: x = x + attn(LN(x)); x = x + mlp(LN(x)). `l` is the layer's key prefix.
+    With `first_only`, only the class token's row is computed: [B, 1, D]."""
     eps, s = cfg.layer_norm_eps, l + "self_attn."
     h = layer_norm(x, w[l + "layer_norm1.weight"], w[l + "layer_norm1.bias"], eps)
     a, probs = mha(h, None, *[(w[f"{s}{n}.weight"], w[f"{s}{n}.bias"]) for n in ("q_proj", "k_proj", "v_proj")],
-                   cfg.num_attention_heads, return_probs)
-    x = linear(a, w[s + "out_proj.weight"], w[s + "out_proj.bias"], residual=x)
+                   cfg.num_attention_heads, return_probs, xq=h[:, :1] if first_only else None)
+    x = linear(a, w[s + "out_proj.weight"], w[s + "out_proj.bias"], residual=x[:, :1] if first_only else x)
     h = layer_norm(x, w[l + "layer_norm2.weight"], w[l + "layer_norm2.bias"], eps)
     h = linear(h, w[l + "mlp.fc1.weight"], w[l + "mlp.fc1.bias"], act=cfg.hidden_act)
     return linear(h, w[l + "mlp.fc2.weight"], w[l + "mlp.fc2.bias"], residual=x), probs
 
 
 def vision_forward(w, cfg, pixel_values, interpolate_pos_encoding=False, output_attentions=False,
-                   output_hidden_states=False, release_weights=False):
-    """The whole vision tower on validated inputs. Returns (last_hidden [B, T, D], pooled [B, D], hidden, attn)."""
+                   output_hidden_states=False, release_weights=False, pooled_only=False):
+    """The whole vision tower on validated inputs. Returns (last_hidden [B, T, D], pooled [B, D], hidden, attn).
+    pooled_only: the last layer computes the class token's row only (last_hidden is [B, 1, D]): the same pooled
+    output for less work."""
     check_activation(cfg.hidden_act)
     x = embeddings_forward(w, cfg, pixel_values, interpolate_pos_encoding)
     x = layer_norm(x, w[P + "pre_layrnorm.weight"], w[P + "pre_layrnorm.bias"], cfg.layer_norm_eps)
     hidden_states, attentions = [x], []
     for i in range(cfg.num_hidden_layers):
         layer = f"{P}encoder.layers.{i}."
-        x, probs = encoder_layer(x, w, layer, cfg, output_attentions)
+        last = pooled_only and i == cfg.num_hidden_layers - 1
+        x, probs = encoder_layer(x, w, layer, cfg, output_attentions, first_only=last)
         if release_weights:  # keep only ~one layer of the memory-mapped weights resident
             release([a for key, a in w.items() if key.startswith(layer)])
         hidden_states.append(x)
