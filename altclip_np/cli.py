@@ -49,20 +49,15 @@ def load_model(name):
         raise CLIError(f"cannot load model {name!r}: {one_line(e)}") from None
 
 
-def l2_normalize(x):
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
 def text_features(model, processor, texts):  # -> [n, d], L2-normalised
     # RoBERTa positions start after the padding index, so 2 of the position table's rows are never used.
     limit = min(processor.tokenizer.model_max_length, model.config.text_config.max_position_embeddings - 2)
     enc = processor(text=list(texts), padding=True, truncation=True, max_length=limit, return_tensors="np")
-    out = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-    return l2_normalize(out.pooler_output)
+    return model.encode_text(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], normalize=True)
 
 
 def image_features(model, pixel_values):  # -> [n, d], L2-normalised
-    return l2_normalize(model.get_image_features(pixel_values=pixel_values).pooler_output)
+    return model.encode_image(pixel_values=pixel_values, normalize=True)
 
 
 def load_pixels(processor, path):
