@@ -10,8 +10,10 @@ an RB x T block of scores exists at once (it stays in L1/L2). Per block:
      77) would otherwise spend most of their time in the scalar remainder of a per-row loop; padded columns
      give exactly 0;
   3. p v with the same tile against v^T [D, T] (transposed once per task) or, for short sequences
-     (T <= SHORT), as axpys over D (out_i += p_ij v_j), each output row divided by its row sum at the store,
-     so probabilities are only normalised when they are asked for.
+     (T <= SHORT), as axpys over D (out_i += p_ij v_j), MR rows and NR keys per pass: each load of v serves
+     MR rows and each accumulator store NR keys (one row and key per pass waited on store-to-load latency).
+     Each output row is divided by its row sum at the store, so probabilities are only normalised when they
+     are asked for.
 Operands are zero-padded to multiples of the tile, so padded keys and rows add nothing. One parallel
 region per call.
 q, k and v may be the strided views that splitting heads gives ([B, T, H, D] memory seen as [B, H, T, D]):
@@ -78,7 +80,7 @@ def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, 
     if t > SHORT:
         vt[:d, :t] = v.T
     else:
-        vp[:] = v
+        vp[:t] = v
     for r0 in range(0, tq, RB):
         rb = min(RB, tq - r0)
         rbp = (rb + MR - 1) // MR * MR
@@ -99,15 +101,23 @@ def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, 
             for j in range(tp):
                 total += s[i, j]
             inv_sum[i] = np.float32(1.0) / total
-        if t <= SHORT:  # out row = sum_j p_j v_j: a few axpys over D beat 4x4 tiles reducing over T
-            for i in range(rb):
+        if t <= SHORT:  # out = p v as axpys over D: 4 x 4 tiles reducing over a short T would cost more in sums
+            for i0 in range(0, rb, MR):  # MR rows (padded ones computed, not stored) by NR keys per pass over D
                 acc[:] = 0.0
-                for j in range(t):
-                    p = s[i, j]
+                for j in range(0, tp, NR):  # padded keys: p = 0 and zero rows of vp
+                    a0, a1, a2, a3 = s[i0, j], s[i0, j + 1], s[i0, j + 2], s[i0, j + 3]
+                    b0, b1, b2, b3 = s[i0 + 1, j], s[i0 + 1, j + 1], s[i0 + 1, j + 2], s[i0 + 1, j + 3]
+                    c0, c1, c2, c3 = s[i0 + 2, j], s[i0 + 2, j + 1], s[i0 + 2, j + 2], s[i0 + 2, j + 3]
+                    e0, e1, e2, e3 = s[i0 + 3, j], s[i0 + 3, j + 1], s[i0 + 3, j + 2], s[i0 + 3, j + 3]
                     for dd in range(d):
-                        acc[dd] += p * vp[j, dd]
-                for dd in range(d):
-                    out[r0 + i, dd] = acc[dd] * inv_sum[i]
+                        v0, v1, v2, v3 = vp[j, dd], vp[j + 1, dd], vp[j + 2, dd], vp[j + 3, dd]
+                        acc[0, dd] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
+                        acc[1, dd] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
+                        acc[2, dd] += c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3
+                        acc[3, dd] += e0 * v0 + e1 * v1 + e2 * v2 + e3 * v3
+                for i in range(min(MR, rb - i0)):
+                    for dd in range(d):
+                        out[r0 + i0 + i, dd] = acc[i, dd] * inv_sum[i0 + i]
         else:
             for i0 in range(0, rbp, MR):  # [rb, T] x [D, T] -> [rb, D], each row times 1 / its sum
                 for j0 in range(0, dp, NR):
@@ -130,8 +140,8 @@ def _attention(q, k, v, mask, scale, out, probs, want_probs, group):
     for g in prange((n_tasks + group - 1) // group):
         kp = np.zeros((tp, dp), np.float32)  # [T, D] zero-padded: only [:t, :d] is ever written
         vt = np.zeros((dp if t > SHORT else 0, tp), np.float32)  # [D, T] zero-padded, for the tiled p v
-        vp = np.empty((t if t <= SHORT else 0, d), np.float32)  # [T, D] contiguous, for the axpy p v
-        acc = np.empty(d, np.float32)  # one output row, for the axpy p v of short sequences
+        vp = np.zeros((tp if t <= SHORT else 0, d), np.float32)  # [T, D] zero-padded, for the axpy p v
+        acc = np.empty((MR, d), np.float32)  # MR output rows, for the axpy p v of short sequences
         qp = np.zeros((RB, dp), np.float32)  # one block of queries
         s_flat = np.empty(RB * tp, np.float32)  # its scores, then exp(score - max); padded keys -inf, then 0
         scratch = np.empty(RB * tp, np.float32)  # score - max, then _exp_row's scratch
