@@ -136,7 +136,9 @@ def attention_section(reps):
     return rows
 
 
-JOBS = [("vision", 1, None), ("vision", 8, None), ("text", 8, 16), ("text", 8, 77), ("text", 32, 16)]
+# (kind, batch, tokens); "mixed": texts of 6 to `tokens` tokens padded to the longest, as a caption batch is
+JOBS = [("vision", 1, None), ("vision", 8, None), ("text", 8, 16), ("text", 8, 77), ("text", 32, 16),
+        ("mixed", 16, 77)]
 
 
 def job_inputs(kind, batch, tokens):
@@ -146,20 +148,28 @@ def job_inputs(kind, batch, tokens):
     ids = rng.integers(5, 250000, (batch, tokens))
     ids[:, 0], ids[:, -1] = 0, 2
     mask = np.ones_like(ids)
-    ids[1, tokens // 2:], mask[1, tokens // 2:] = 1, 0  # one padded row: the mask path is exercised
+    lengths = rng.integers(6, tokens, batch) if kind == "mixed" else [tokens, tokens // 2]
+    lengths[0] = tokens  # padded to the longest
+    for row, n in enumerate(lengths[1:], start=1):  # (the fixed-length jobs pad one row: the mask path runs)
+        ids[row, n - 1], ids[row, n:], mask[row, n:] = 2, 1, 0
     return {"input_ids": ids, "attention_mask": mask}
 
 
 def worker(side):
     """One side of the model section, in a process of its own (torch's and Numba's thread pools never share a
-    process): reads `JOB_INDEX [SAVE_PATH]` lines, runs the job once, answers with the seconds it took."""
-    if side == "ours":
+    process): reads `JOB_INDEX [SAVE_PATH]` lines, runs the job once, answers with the seconds it took.
+    "ours" runs get_*_features (the whole tower's output, like transformers), "encode" encode_text/encode_image
+    (the pooled embedding only, as the CLI does), "theirs" transformers' get_*_features."""
+    if side in ("ours", "encode"):
         import altclip_np
         # throughput in a loop: weights stay mapped in, as `altclip-np embed` runs (the first-result job below
         # uses the default, which hands each layer's pages back after use)
         model = altclip_np.AltCLIPModel.from_pretrained(CKPT, release_weights=False)
-        run = {"vision": lambda x: model.get_image_features(**x).pooler_output,
-               "text": lambda x: model.get_text_features(**x).pooler_output}
+        if side == "ours":
+            run = {"vision": lambda x: model.get_image_features(**x).pooler_output,
+                   "text": lambda x: model.get_text_features(**x).pooler_output}
+        else:
+            run = {"vision": lambda x: model.encode_image(**x), "text": lambda x: model.encode_text(**x)}
     else:
         import torch
         import transformers
@@ -173,7 +183,7 @@ def worker(side):
     print("ready", flush=True)
     for line in sys.stdin:
         index, *save = line.split()
-        kind = JOBS[int(index)][0]
+        kind = JOBS[int(index)][0].replace("mixed", "text")
         t = time.perf_counter()
         out = run[kind](inputs[int(index)])
         seconds = time.perf_counter() - t
@@ -200,28 +210,32 @@ class Worker:
 
 
 def model_section(reps, peak, quick):
-    """Throughput of each side in its own worker process, alternating A B A B after a warm-up run."""
-    workers = {"ours": Worker("ours"), "theirs": Worker("theirs")}
+    """Throughput of each side in its own worker process, alternating A B C A B C after a warm-up run."""
+    workers = {side: Worker(side) for side in ("ours", "encode", "theirs")}
     jobs = [0, 2] if quick else range(len(JOBS))
-    rows = ["| job | altclip_np /s | transformers /s | speed-up | altclip_np GFLOP/s (of peak) | "
-            "transformers GFLOP/s (of peak) | max abs diff |", "|---|---|---|---|---|---|---|"]
+    rows = ["| job | altclip_np /s | encode_* /s | transformers /s | speed-up | encode_* speed-up | "
+            "altclip_np GFLOP/s (of peak) | transformers GFLOP/s (of peak) | max abs diff |",
+            "|---|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for index in jobs:
             kind, batch, tokens = JOBS[index]
             for side, w in workers.items():  # warm-up, and the outputs for the difference
                 w.run(index, f"{tmp}/{side}.npy")
-            diff = float(np.abs(np.load(f"{tmp}/ours.npy") - np.load(f"{tmp}/theirs.npy")).max())
+            theirs = np.load(f"{tmp}/theirs.npy")
+            diff = max(float(np.abs(np.load(f"{tmp}/{side}.npy") - theirs).max()) for side in ("ours", "encode"))
             n = reps if batch * (tokens or 257) < 2000 else max(3, reps // 2)
             times = {side: [] for side in workers}
             for _ in range(n):
                 for side, w in workers.items():
                     times[side].append(w.run(index))
             t = {side: float(np.median(ts)) for side, ts in times.items()}
+            # FLOPs of the whole padded batch: what get_*_features computes, on both sides
             flops = vision_flops(batch) if kind == "vision" else text_flops(batch, tokens)
-            unit = "images" if kind == "vision" else f"texts ({tokens} tokens)"
+            unit = {"vision": "images", "text": f"texts ({tokens} tokens)", "mixed": f"texts (6-{tokens} tokens)"}
             g = {side: flops / t[side] / 1e9 for side in t}
-            rows.append(f"| {unit} x {batch} | {batch / t['ours']:.2f} | {batch / t['theirs']:.2f} | "
-                        f"{t['theirs'] / t['ours']:.2f}x | {g['ours']:.0f} ({g['ours'] / peak:.0%}) | "
+            rows.append(f"| {unit[kind]} x {batch} | {batch / t['ours']:.2f} | {batch / t['encode']:.2f} | "
+                        f"{batch / t['theirs']:.2f} | {t['theirs'] / t['ours']:.2f}x | "
+                        f"{t['theirs'] / t['encode']:.2f}x | {g['ours']:.0f} ({g['ours'] / peak:.0%}) | "
                         f"{g['theirs']:.0f} ({g['theirs'] / peak:.0%}) | {diff:.1e} |")
             print(rows[-1], file=sys.stderr, flush=True)
     for w in workers.values():
@@ -294,7 +308,7 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=5, help="timed runs per measurement (default 5)")
     parser.add_argument("--quick", action="store_true", help="kernels plus two model jobs, one first-result run")
     parser.add_argument("--skip-model", action="store_true", help="only the GEMM and attention kernels")
-    parser.add_argument("--worker", choices=("ours", "theirs"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("ours", "encode", "theirs"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker)
