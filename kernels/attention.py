@@ -68,6 +68,24 @@ def _store_out(o, i0, j0, tile, m, n, inv_sum):  # o[i0 + i, j0 + j] = tile * in
 
 
 @njit(fastmath=FAST, inline="always", cache=True)
+def _rows_times(p, i0, m, red, acc):  # acc[:MR, :n] = p[i0:i0 + MR, :red] @ m[:red, :n]; red a multiple of NR
+    # axpys over the rows of m, vectorised over n: MR rows and NR rows of m per pass over acc, so each load of m
+    # serves MR rows and each store of acc NR products (one per pass waited on store-to-load latency)
+    acc[:] = 0.0
+    for r in range(0, red, NR):
+        a0, a1, a2, a3 = p[i0, r], p[i0, r + 1], p[i0, r + 2], p[i0, r + 3]
+        b0, b1, b2, b3 = p[i0 + 1, r], p[i0 + 1, r + 1], p[i0 + 1, r + 2], p[i0 + 1, r + 3]
+        c0, c1, c2, c3 = p[i0 + 2, r], p[i0 + 2, r + 1], p[i0 + 2, r + 2], p[i0 + 2, r + 3]
+        e0, e1, e2, e3 = p[i0 + 3, r], p[i0 + 3, r + 1], p[i0 + 3, r + 2], p[i0 + 3, r + 3]
+        for j in range(acc.shape[1]):
+            m0, m1, m2, m3 = m[r, j], m[r + 1, j], m[r + 2, j], m[r + 3, j]
+            acc[0, j] += a0 * m0 + a1 * m1 + a2 * m2 + a3 * m3
+            acc[1, j] += b0 * m0 + b1 * m1 + b2 * m2 + b3 * m3
+            acc[2, j] += c0 * m0 + c1 * m1 + c2 * m2 + c3 * m3
+            acc[3, j] += e0 * m0 + e1 * m1 + e2 * m2 + e3 * m3
+
+
+@njit(fastmath=FAST, inline="always", cache=True)
 def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, acc, qp, s_flat, scratch,
                     row_max, inv_sum):
     # one head: q, out [Tq, D]; k, v [T, D]; mask_b [T]; probs [Tq, T] (written if want_probs); the rest scratch
@@ -102,19 +120,8 @@ def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, 
                 total += s[i, j]
             inv_sum[i] = np.float32(1.0) / total
         if t <= SHORT:  # out = p v as axpys over D: 4 x 4 tiles reducing over a short T would cost more in sums
-            for i0 in range(0, rb, MR):  # MR rows (padded ones computed, not stored) by NR keys per pass over D
-                acc[:] = 0.0
-                for j in range(0, tp, NR):  # padded keys: p = 0 and zero rows of vp
-                    a0, a1, a2, a3 = s[i0, j], s[i0, j + 1], s[i0, j + 2], s[i0, j + 3]
-                    b0, b1, b2, b3 = s[i0 + 1, j], s[i0 + 1, j + 1], s[i0 + 1, j + 2], s[i0 + 1, j + 3]
-                    c0, c1, c2, c3 = s[i0 + 2, j], s[i0 + 2, j + 1], s[i0 + 2, j + 2], s[i0 + 2, j + 3]
-                    e0, e1, e2, e3 = s[i0 + 3, j], s[i0 + 3, j + 1], s[i0 + 3, j + 2], s[i0 + 3, j + 3]
-                    for dd in range(d):
-                        v0, v1, v2, v3 = vp[j, dd], vp[j + 1, dd], vp[j + 2, dd], vp[j + 3, dd]
-                        acc[0, dd] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
-                        acc[1, dd] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
-                        acc[2, dd] += c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3
-                        acc[3, dd] += e0 * v0 + e1 * v1 + e2 * v2 + e3 * v3
+            for i0 in range(0, rb, MR):  # padded rows are computed, not stored; padded keys have p = 0, v = 0
+                _rows_times(s, i0, vp, tp, acc)
                 for i in range(min(MR, rb - i0)):
                     for dd in range(d):
                         out[r0 + i0 + i, dd] = acc[i, dd] * inv_sum[i0 + i]
