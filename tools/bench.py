@@ -210,7 +210,7 @@ class Worker:
 
 
 def model_section(reps, peak, quick):
-    """Throughput of each side in its own worker process, alternating A B C A B C after a warm-up run."""
+    """Throughput of each side in its own worker process, alternating A B C, B C A, ... after a warm-up run."""
     workers = {side: Worker(side) for side in ("ours", "encode", "theirs")}
     jobs = [0, 2] if quick else range(len(JOBS))
     rows = ["| job | altclip_np /s | encode_* /s | transformers /s | speed-up | encode_* speed-up | "
@@ -225,9 +225,10 @@ def model_section(reps, peak, quick):
             diff = max(float(np.abs(np.load(f"{tmp}/{side}.npy") - theirs).max()) for side in ("ours", "encode"))
             n = reps if batch * (tokens or 257) < 2000 else max(3, reps // 2)
             times = {side: [] for side in workers}
-            for _ in range(n):
-                for side, w in workers.items():
-                    times[side].append(w.run(index))
+            sides = list(workers)
+            for rep in range(n):  # the order rotates, so no side always runs right after the same other one
+                for side in sides[rep % 3:] + sides[:rep % 3]:
+                    times[side].append(workers[side].run(index))
             t = {side: float(np.median(ts)) for side, ts in times.items()}
             # FLOPs of the whole padded batch: what get_*_features computes, on both sides
             flops = vision_flops(batch) if kind == "vision" else text_flops(batch, tokens)
