@@ -68,9 +68,10 @@ def roberta_layer(x, mask, w, l, cfg, return_probs=False, packing=None, first_on
 def rows_to_compute(attention_mask):  # [B, T] -> [B, T] bool
     """The real tokens, and token 0 (the pooled one) even when it is padding. A row with no real token keeps
     all of its tokens: it attends to every key evenly (all are masked), padding's values included."""
-    keep = np.asarray(attention_mask).astype(bool)
+    real = np.asarray(attention_mask).astype(bool)
+    keep = real.copy()
     keep[:, 0] = True
-    keep[~np.asarray(attention_mask).astype(bool).any(axis=1)] = True
+    keep[~real.any(axis=1)] = True
     return keep
 
 
@@ -89,17 +90,17 @@ def text_forward(w, cfg, input_ids=None, attention_mask=None, token_type_ids=Non
         keep = rows_to_compute(attention_mask)
         packing = None if keep.all() else Packing(keep)
         x = x if packing is None else packing.pack(x)
-    hidden_states, attentions = [x], []
+    hidden_states = [x] if output_hidden_states else []  # kept only when asked for: else each x is freed for reuse
+    attentions = []
     for i in range(cfg.num_hidden_layers):
         layer = f"{P}roberta.encoder.layer.{i}."
         last = pooled_only and i == cfg.num_hidden_layers - 1
         x, probs = roberta_layer(x, mask, w, layer, cfg, output_attentions, packing, first_only=last)
         if release_weights:  # keep only ~one layer of the memory-mapped weights resident
             release([a for key, a in w.items() if key.startswith(layer)])
-        hidden_states.append(x)
+        if output_hidden_states:
+            hidden_states.append(x)
         attentions.append(probs)
-    if pooled_only and cfg.num_hidden_layers == 0:
-        x = (x[:, 0] if packing is None else packing.first(x))[:, None]
     x = layer_norm(x, w[P + "pre_LN.weight"], w[P + "pre_LN.bias"], cfg.layer_norm_eps)
     projected = linear(x, w[P + "transformation.weight"], w[P + "transformation.bias"])
     return (projected, tuple(hidden_states) if output_hidden_states else None,

@@ -106,14 +106,16 @@ def vision_forward(w, cfg, pixel_values, interpolate_pos_encoding=False, output_
     check_activation(cfg.hidden_act)
     x = embeddings_forward(w, cfg, pixel_values, interpolate_pos_encoding)
     x = layer_norm(x, w[P + "pre_layrnorm.weight"], w[P + "pre_layrnorm.bias"], cfg.layer_norm_eps)
-    hidden_states, attentions = [x], []
+    hidden_states = [x] if output_hidden_states else []  # kept only when asked for: else each x is freed for reuse
+    attentions = []
     for i in range(cfg.num_hidden_layers):
         layer = f"{P}encoder.layers.{i}."
         last = pooled_only and i == cfg.num_hidden_layers - 1
         x, probs = encoder_layer(x, w, layer, cfg, output_attentions, first_only=last)
         if release_weights:  # keep only ~one layer of the memory-mapped weights resident
             release([a for key, a in w.items() if key.startswith(layer)])
-        hidden_states.append(x)
+        if output_hidden_states:
+            hidden_states.append(x)
         attentions.append(probs)
     pooled = layer_norm(x[:, 0], w[P + "post_layernorm.weight"], w[P + "post_layernorm.bias"], cfg.layer_norm_eps)
     return (x, pooled, tuple(hidden_states) if output_hidden_states else None,
