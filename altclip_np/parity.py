@@ -100,6 +100,9 @@ def our_pairs(model, inputs):
     layers["vision.post_layernorm"] = vis.pooler_output
     layers["vision.projection"] = linear(vis.pooler_output, w["visual_projection.weight"])
     layers.update(text_embeds=out.text_embeds, image_embeds=out.image_embeds, logits_per_image=out.logits_per_image)
+    # the embedding-only path (padding left out, last layer on the pooled token), against the same projections
+    layers["encode_text"] = model.encode_text(inputs["input_ids"], inputs["attention_mask"])
+    layers["encode_image"] = model.encode_image(inputs["pixel_values"])
     return layers
 
 
@@ -129,7 +132,8 @@ def torch_layers(torch, ref, inputs):
     layers.update({f"vision.layer.{i}": h for i, h in enumerate(vis.hidden_states[1:])})
     layers.update({"vision.post_layernorm": vis.pooler_output, "vision.projection": captured["vision.projection"],
                    "text_embeds": out.text_embeds, "image_embeds": out.image_embeds,
-                   "logits_per_image": out.logits_per_image})
+                   "logits_per_image": out.logits_per_image, "encode_text": captured["text.projection"],
+                   "encode_image": captured["vision.projection"]})
     return {name: t.detach().double().numpy() for name, t in layers.items()}
 
 

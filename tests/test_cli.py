@@ -254,7 +254,8 @@ def test_parity_table_matches_a_direct_comparison(ckpt, ours):
     layers = [f"{tower}.layer.{i}" for tower in ("text", "vision") for i in range(2)]
     expected = ["processor.input_ids", "processor.attention_mask", "processor.pixel_values", "text.embeddings",
                 "text.pre_LN", "text.transformation", "text.projection", "vision.embeddings", "vision.pre_layrnorm",
-                "vision.post_layernorm", "vision.projection", "text_embeds", "image_embeds", "logits_per_image"]
+                "vision.post_layernorm", "vision.projection", "text_embeds", "image_embeds", "logits_per_image",
+                "encode_text", "encode_image"]
     assert sorted(rows) == sorted(expected + layers)
     assert report["first_past_tolerance"] is None and all(row["ok"] for row in rows.values())
 
@@ -264,11 +265,14 @@ def test_parity_table_matches_a_direct_comparison(ckpt, ours):
     ref_model = transformers.AltCLIPModel.from_pretrained(ckpt, attn_implementation="eager").eval()
     with torch.no_grad():
         ref = ref_model(**{k: torch.from_numpy(v) for k, v in enc.items()}, output_hidden_states=True)
+        ref_text = ref_model.get_text_features(input_ids=torch.from_numpy(enc["input_ids"]),
+                                               attention_mask=torch.from_numpy(enc["attention_mask"])).pooler_output
     direct = {"text.layer.1": (out.text_model_output.hidden_states[2], ref.text_model_output.hidden_states[2]),
               "vision.layer.0": (out.vision_model_output.hidden_states[1], ref.vision_model_output.hidden_states[1]),
               "vision.post_layernorm": (out.vision_model_output.pooler_output,
                                         ref.vision_model_output.pooler_output),
-              "logits_per_image": (out.logits_per_image, ref.logits_per_image)}
+              "logits_per_image": (out.logits_per_image, ref.logits_per_image),
+              "encode_text": (model.encode_text(enc["input_ids"], enc["attention_mask"]), ref_text)}
     for name, (a, b) in direct.items():
         a, b = np.float64(a), b.double().numpy()
         max_abs = np.abs(a - b).max()
