@@ -164,11 +164,14 @@ def _layer_norm_rows(x, weight, bias, eps, out):  # [R, n], [n], [n] -> [R, n]; 
 def epilogue_row(y, i, j0, j1, bias, act, residual, e, scratch):
     # y[i, j0:j1] = act(y[i, j0:j1] + bias[j0:j1]) + residual[i, j0:j1] in place; bias [0] / residual [0, 0]
     # for none; e, scratch [>= j1 - j0] float32 (quick_gelu's exp)
+    # Slice first, then index from 0: an index like bias[j0 + j] with a run-time j0 keeps Numba's
+    # negative-index wraparound in the loop, which stops it vectorising (measured 10x slower).
     yr = y[i, j0:j1]
     n = j1 - j0
     if bias.shape[0] > 0:
+        br = bias[j0:j1]
         for j in range(n):
-            yr[j] += bias[j0 + j]
+            yr[j] += br[j]
     if act == ACT_GELU:
         for j in range(n):
             yr[j] = np.float32(0.5) * yr[j] * (np.float32(1.0) + _erf(yr[j] * _SQRT1_2))
@@ -179,8 +182,9 @@ def epilogue_row(y, i, j0, j1, bias, act, residual, e, scratch):
         for j in range(n):
             yr[j] = yr[j] / (np.float32(1.0) + e[j])
     if residual.shape[0] > 0:
+        rr = residual[i, j0:j1]
         for j in range(n):
-            yr[j] += residual[i, j0 + j]
+            yr[j] += rr[j]
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
