@@ -9,8 +9,15 @@
   of a vision forward. `tune_malloc` (run when a model is built) keeps freed memory for reuse instead: blocks
   up to 32 MiB come from the heap, which is not trimmed below 1 GiB. Set ALTCLIP_NP_TUNE_MALLOC=0 to leave
   malloc alone.
+- Numba leaves ~120,000 long-lived objects (its type system, registries, the loaded kernels) for Python's
+  cyclic GC to walk: each full collection takes ~50 ms, and interpreter exit spent 0.3-0.5 s in them
+  (measured on a one-image zero-shot run, 2.5 s of process wall time). `freeze_gc_once`, run after the first
+  forward (when the kernels are loaded), moves every object alive then to the GC's permanent generation, as
+  Python's docs suggest for objects made at start-up: they are never collected, and later collections skip
+  them. Only objects alive at that moment are affected.
 """
 import ctypes
+import gc
 import os
 import sys
 
@@ -18,6 +25,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _tuned = False
+_frozen = False
 
 
 def tune_malloc():
@@ -32,3 +40,11 @@ def tune_malloc():
         return
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
     mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum
+
+
+def freeze_gc_once():
+    """After the first forward: let the cyclic GC ignore every object alive now (see the module docstring)."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()

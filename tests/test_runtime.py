@@ -1,6 +1,8 @@
 """altclip_np.runtime: the process-wide settings a model turns on (no timing: page-fault counts)."""
+import gc
 import resource
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -23,3 +25,23 @@ def test_tune_malloc_reuses_freed_activation_memory():
     runtime.tune_malloc()
     faults_to_fill(4 << 20)  # the first allocation grows the heap
     assert faults_to_fill(4 << 20) < 64
+
+
+def test_freeze_gc_once_freezes_only_once():
+    # The first call (a model's first forward) moves the objects alive then out of the GC's sight; later calls do
+    # nothing, so a reference cycle made afterwards is still collected.
+    runtime.freeze_gc_once()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+
+    class Node:
+        pass
+
+    node = Node()
+    node.self = node
+    ref = weakref.ref(node)
+    del node
+    runtime.freeze_gc_once()
+    assert gc.get_freeze_count() == frozen
+    gc.collect()
+    assert ref() is None
