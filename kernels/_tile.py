@@ -13,11 +13,13 @@ MR = 4  # rows of A per tile
 NR = 4  # rows of B (columns of C) per tile
 
 # fastmath without 'nnan'/'ninf': reassociation lets LLVM vectorise reductions, while -inf masks and NaNs
-# keep their IEEE meaning.
+# keep their IEEE meaning. Every kernel also uses error_model="numpy": under Numba's default ("python") each
+# float division checks for zero to raise ZeroDivisionError, and that branch keeps a loop with a division
+# (erf's p / q, quick_gelu's x / (1 + e)) from vectorising: gelu measured 3.1 -> 0.31 ns per element.
 FAST = {"reassoc", "contract", "nsz", "arcp", "afn"}
 
 
-@njit(fastmath=FAST, inline="always", cache=True)
+@njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)
 def dot_tile(a, i0, b, j0, k0, kc):  # a [>= i0+4, K], b [>= j0+4, K] -> 4x4 tuple of sum_k a[i, k] * b[j, k]
     z = np.float32(0.0)
     c00 = c01 = c02 = c03 = z

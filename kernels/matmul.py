@@ -39,7 +39,7 @@ def matmul_nt_numpy(a, b, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N
     return bias_act_residual_numpy(a @ b.T, bias, act, residual)
 
 
-@njit(parallel=True, fastmath=FAST, cache=True)
+@njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
 def _matmul_nt(a, b, c, bias, act, residual, nc_block):  # [M, K], [N, K] -> c [M, N] (written)
     # then c = act(c + bias) + residual, with bias [N] or [0] and residual [M, N] or [0, 0] for none
     m, k_total = a.shape
