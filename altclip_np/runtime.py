@@ -10,7 +10,7 @@
   up to 32 MiB come from the heap, which is not trimmed below 1 GiB. Set ALTCLIP_NP_TUNE_MALLOC=0 to leave
   malloc alone.
 - Numba leaves ~120,000 long-lived objects (its type system, registries, the loaded kernels) for Python's
-  cyclic GC to walk: each full collection takes ~50 ms, and interpreter exit spent 0.3-0.5 s in them
+  cyclic GC to walk: each full collection takes ~50 ms, and interpreter exit spent 0.3-0.4 s in them
   (measured on a one-image zero-shot run, 2.5 s of process wall time). `freeze_gc_once`, run after the first
   forward (when the kernels are loaded), moves every object alive then to the GC's permanent generation, as
   Python's docs suggest for objects made at start-up: they are never collected, and later collections skip

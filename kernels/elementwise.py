@@ -88,7 +88,8 @@ def bias_act_residual_numpy(y, bias, act, residual):  # act(y + bias) + residual
 
 # ---- Numba kernels ---------------------------------------------------------------------------------------
 
-_horner = njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)(horner)  # the twins' own polynomial, unrolled
+# the twins' own polynomial, unrolled
+_horner = njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)(horner)
 
 
 @njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)
