@@ -24,7 +24,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._tile import FAST, MR, NR, dot_tile
+from ._tile import JIT, MR, NR, dot_tile
 from .elementwise import _exp_row
 
 RB = 32  # query rows per block of scores
@@ -43,7 +43,7 @@ def attention_numpy(q, k, v, mask, scale, return_probs=False):
     return probs @ v, (probs if return_probs else None)
 
 
-@njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)
+@njit(inline="always", **JIT)
 def _store_scores(s, i0, j0, tile, t, scale, mask_b, row_max):
     # s[i0 + i, j0 + j] = tile * scale + mask (-inf for padded keys j0 + j >= t), row_max[i0 + i] updated
     for i in range(MR):
@@ -58,7 +58,7 @@ def _store_scores(s, i0, j0, tile, t, scale, mask_b, row_max):
         row_max[i0 + i] = m
 
 
-@njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)
+@njit(inline="always", **JIT)
 def _store_out(o, i0, j0, tile, m, n, inv_sum):  # o[i0 + i, j0 + j] = tile * inv_sum[i0 + i] inside [m, n]
     for i in range(MR):
         if i0 + i < m:
@@ -67,7 +67,7 @@ def _store_out(o, i0, j0, tile, m, n, inv_sum):  # o[i0 + i, j0 + j] = tile * in
                     o[i0 + i, j0 + j] = tile[i][j] * inv_sum[i0 + i]
 
 
-@njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)
+@njit(inline="always", **JIT)
 def _rows_times(p, i0, m, red, acc):  # acc[:MR, :n] = p[i0:i0 + MR, :red] @ m[:red, :n]; red a multiple of NR
     # axpys over the rows of m, vectorised over n: MR rows and NR rows of m per pass over acc, so each load of m
     # serves MR rows and each store of acc NR products (one per pass waited on store-to-load latency)
@@ -85,7 +85,7 @@ def _rows_times(p, i0, m, red, acc):  # acc[:MR, :n] = p[i0:i0 + MR, :red] @ m[:
             acc[3, j] += e0 * m0 + e1 * m1 + e2 * m2 + e3 * m3
 
 
-@njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)
+@njit(inline="always", **JIT)
 def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, acc, qp, s_flat, scratch,
                     row_max, inv_sum):
     # one head: q, out [Tq, D]; k, v [T, D]; mask_b [T]; probs [Tq, T] (written if want_probs); the rest scratch
@@ -135,7 +135,7 @@ def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, 
                     probs[r0 + i, j] = s[i, j] * inv_sum[i]
 
 
-@njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
+@njit(parallel=True, **JIT)
 def _attention(q, k, v, mask, scale, out, probs, want_probs, group):
     # q, out [B, H, Tq, D]; k, v [B, H, T, D]; mask [B, T] additive; probs [B, H, Tq, T] (a dummy unless
     # want_probs); group: (batch, head) pairs per task

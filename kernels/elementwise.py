@@ -13,7 +13,7 @@ checked against math.erf in the tests.
 import numpy as np
 from numba import njit, prange
 
-from ._tile import FAST
+from ._tile import JIT
 
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI = np.float32(0.693359375)  # ln 2 = _LN2_HI + _LN2_LO, _LN2_HI exact in a few bits
@@ -89,10 +89,10 @@ def bias_act_residual_numpy(y, bias, act, residual):  # act(y + bias) + residual
 # ---- Numba kernels ---------------------------------------------------------------------------------------
 
 # the twins' own polynomial, unrolled
-_horner = njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)(horner)
+_horner = njit(inline="always", **JIT)(horner)
 
 
-@njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)
+@njit(inline="always", **JIT)
 def _exp_row(x, out, scratch):  # x [n] -> out [n] = exp(x); scratch [n] float32, clobbered
     two_n = scratch.view(np.int32)  # 2^n built from its IEEE bits: exponent field n + 127
     for j in range(x.shape[0]):
@@ -105,14 +105,14 @@ def _exp_row(x, out, scratch):  # x [n] -> out [n] = exp(x); scratch [n] float32
         out[j] *= scratch[j]
 
 
-@njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)
+@njit(inline="always", **JIT)
 def _erf(x):
     x = min(max(x, np.float32(-4.0)), np.float32(4.0))
     x2 = x * x
     return x * _horner(_ERF_ALPHA, x2) / _horner(_ERF_BETA, x2)
 
 
-@njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)
+@njit(inline="always", **JIT)
 def softmax_row(x, out, scratch):  # x [n] -> out [n] = exp(x - max) / sum; out may be x
     m = x[0]
     for j in range(1, x.shape[0]):
@@ -128,7 +128,7 @@ def softmax_row(x, out, scratch):  # x [n] -> out [n] = exp(x - max) / sum; out 
         out[j] *= inv
 
 
-@njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
+@njit(parallel=True, **JIT)
 def _softmax_rows(x, out, scale, mask, rows_per_mask):  # [R, n] -> [R, n]; mask [R / rows_per_mask, n] or [0, n]
     n = x.shape[1]
     for r in prange(x.shape[0]):
@@ -143,7 +143,7 @@ def _softmax_rows(x, out, scale, mask, rows_per_mask):  # [R, n] -> [R, n]; mask
         softmax_row(o, o, np.empty(n, np.float32))
 
 
-@njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
+@njit(parallel=True, **JIT)
 def _layer_norm_rows(x, weight, bias, eps, out):  # [R, n], [n], [n] -> [R, n]; two passes, as the twin
     n = x.shape[1]
     for r in prange(x.shape[0]):
@@ -161,7 +161,7 @@ def _layer_norm_rows(x, weight, bias, eps, out):  # [R, n], [n], [n] -> [R, n]; 
             out[r, j] = (xr[j] - mean) * inv * weight[j] + bias[j]
 
 
-@njit(fastmath=FAST, error_model="numpy", inline="always", cache=True)
+@njit(inline="always", **JIT)
 def epilogue_row(y, i, j0, j1, bias, act, residual, e, scratch):
     # y[i, j0:j1] = act(y[i, j0:j1] + bias[j0:j1]) + residual[i, j0:j1] in place; bias [0] / residual [0, 0]
     # for none; e, scratch [>= j1 - j0] float32 (quick_gelu's exp)
@@ -188,7 +188,7 @@ def epilogue_row(y, i, j0, j1, bias, act, residual, e, scratch):
             yr[j] += rr[j]
 
 
-@njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
+@njit(parallel=True, **JIT)
 def _bias_act_residual_rows(y, bias, act, residual):  # [R, n] in place, rows in parallel
     n = y.shape[1]
     for r in prange(y.shape[0]):

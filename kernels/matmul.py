@@ -24,7 +24,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._tile import FAST, MR, NR, dot_tile, store_tile
+from ._tile import JIT, MR, NR, dot_tile, store_tile
 from .elementwise import ACT_NONE, _res, _vec, bias_act_residual_numpy, epilogue_row
 
 KC = 1024  # K per packed block: MR x KC of A (16 KiB) fits L1. 512 was 5-10% slower (more reductions per flop)
@@ -39,7 +39,7 @@ def matmul_nt_numpy(a, b, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N
     return bias_act_residual_numpy(a @ b.T, bias, act, residual)
 
 
-@njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
+@njit(parallel=True, **JIT)
 def _matmul_nt(a, b, c, bias, act, residual, nc_block):  # [M, K], [N, K] -> c [M, N] (written)
     # then c = act(c + bias) + residual, with bias [N] or [0] and residual [M, N] or [0, 0] for none
     m, k_total = a.shape
