@@ -1,4 +1,4 @@
-"""The one switch between plain NumPy and the Numba kernels of `kernels/`.
+"""The one switch between plain NumPy and the Numba kernels of `kernels/` (installed as `altclip_np.kernels`).
 
 The model's maths is written once, in NumPy, in layers.py; each op there asks `uses(family)` whether to hand
 its work to a Numba kernel instead. The families are "matmul" (the hand-written GEMM), "attention" (fused
@@ -45,7 +45,7 @@ def gemm_on_numba(rows):
 
 
 def kernels():
-    import kernels
+    from altclip_np import kernels
     return kernels
 
 

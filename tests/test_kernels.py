@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-import kernels as K
-from kernels.attention import RB, SHORT
-from kernels.matmul import KC, MC, NC, NC_SMALL, SMALL_M
+import altclip_np.kernels as K
+from altclip_np.kernels.attention import RB, SHORT
+from altclip_np.kernels.matmul import KC, MC, NC, NC_SMALL, SMALL_M
 
 RNG = np.random.default_rng(0)
 F32_MIN = np.finfo(np.float32).min

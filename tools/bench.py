@@ -104,7 +104,7 @@ def text_flops(batch, tokens):
 # ---- sections ---------------------------------------------------------------------------------------------------
 
 def gemm_section(reps):
-    from kernels import matmul_nt
+    from altclip_np.kernels import matmul_nt
 
     rng = np.random.default_rng(0)
     rows, peak = [], 0.0
@@ -122,7 +122,7 @@ def gemm_section(reps):
 
 
 def attention_section(reps):
-    from kernels import attention, attention_numpy
+    from altclip_np.kernels import attention, attention_numpy
 
     rng = np.random.default_rng(0)
     rows = ["| attention B x T (16 heads x 64) | Numba ms | NumPy twin ms | speed-up |", "|---|---|---|---|"]
@@ -314,7 +314,7 @@ def main(argv=None):
     if args.worker:
         return worker(args.worker)
     start = time.perf_counter()
-    import kernels  # noqa: F401  (compiles or loads the cached kernels before anything is timed)
+    import altclip_np.kernels  # noqa: F401  (compiles or loads the cached kernels before anything is timed)
     from altclip_np import get_backend
 
     print(f"# altclip_np bench: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
