@@ -10,8 +10,9 @@ bias+residual fusions).
            Numba GEMM for Linears of up to AUTO_NUMBA_GEMM_ROWS rows (one image, a few texts: with its
            dynamic scheduling it matches or beats OpenBLAS there), OpenBLAS above that; the fused Numba
            attention, LayerNorm, activations and the fusions on Numba (README, "Speed").
-Pick with `set_backend(...)`, or the environment variable ALTCLIP_NP_BACKEND. The kernels package (and Numba
-with it) is imported only when a backend that uses it first runs an op.
+Pick with `set_backend(...)`, or the environment variable ALTCLIP_NP_BACKEND (read when the backend is first
+used; a bad value is a ValueError then, naming the allowed ones). The kernels package (and Numba with it) is
+imported only when a backend that uses it first runs an op.
 """
 import os
 
@@ -20,33 +21,37 @@ DEFAULT = "auto"
 FAMILIES = {"numpy": frozenset(), "numba": frozenset({"matmul", "attention", "elementwise"}),
             "auto": frozenset({"attention", "elementwise"})}
 AUTO_NUMBA_GEMM_ROWS = 1024
-_backend = DEFAULT
+_backend = None  # chosen at first use: set_backend(...), else ALTCLIP_NP_BACKEND, else DEFAULT
 
 
 def set_backend(name):
     global _backend
     if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {name!r}")
     _backend = name
 
 
 def get_backend():
+    global _backend
+    if _backend is None:
+        name = os.environ.get("ALTCLIP_NP_BACKEND", DEFAULT)
+        if name not in BACKENDS:
+            raise ValueError(f"ALTCLIP_NP_BACKEND must be one of {', '.join(BACKENDS)}; got {name!r}")
+        _backend = name
     return _backend
 
 
 def uses(family):
     """True when the current backend runs `family` ("matmul", "attention", "elementwise") on Numba."""
-    return family in FAMILIES[_backend]
+    return family in FAMILIES[get_backend()]
 
 
 def gemm_on_numba(rows):
     """True when a Linear over `rows` rows should run on the Numba GEMM rather than OpenBLAS."""
-    return uses("matmul") or (_backend == "auto" and rows <= AUTO_NUMBA_GEMM_ROWS)
+    return uses("matmul") or (get_backend() == "auto" and rows <= AUTO_NUMBA_GEMM_ROWS)
 
 
 def kernels():
     from altclip_np import kernels
     return kernels
 
-
-set_backend(os.environ.get("ALTCLIP_NP_BACKEND", DEFAULT))

@@ -19,7 +19,6 @@ class PreTrainedModel:
             raise TypeError(f"{type(self).__name__} needs an {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
         self.weights = weights  # {checkpoint key: array}
-        runtime.tune_malloc()  # reuse activation memory across calls instead of page-faulting it in again
         # Hand each encoder layer's memory-mapped pages back to the OS page cache once it has run: the process
         # keeps ~one layer resident (0.25 GiB for a whole BAAI/AltCLIP forward instead of 2.5), at the cost of
         # re-mapping them on the next call (~8% slower in a loop). Set False for bulk work.
@@ -50,6 +49,7 @@ class PreTrainedModel:
 
 
 def _finish(output, return_dict):
+    runtime.after_forward()  # a GC freeze, when runtime.tune_process() asked for one
     return output if return_dict or return_dict is None else output.to_tuple()
 
 
@@ -161,6 +161,7 @@ class AltCLIPModel(PreTrainedModel):
         projected, _, _ = text.text_forward(self.weights, self.config.text_config, **inputs,
                                             release_weights=self.release_weights, pooled_only=True)
         features = linear(projected[:, 0], self.weights["text_projection.weight"])
+        runtime.after_forward()
         return l2_normalize(features) if normalize else features
 
     def encode_image(self, pixel_values=None, interpolate_pos_encoding=False, normalize=False):  # -> [B, d]
@@ -171,6 +172,7 @@ class AltCLIPModel(PreTrainedModel):
                                                 interpolate_pos_encoding, release_weights=self.release_weights,
                                                 pooled_only=True)
         features = linear(pooled, self.weights["visual_projection.weight"])
+        runtime.after_forward()
         return l2_normalize(features) if normalize else features
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, token_type_ids=None,

@@ -1,50 +1,99 @@
-"""Process-wide settings that make the model fast on a CPU, each measured on the project's machine.
+"""Process-wide tunings, applied only when asked for: `tune_process()`.
 
-- OpenBLAS's idle worker spins on the other core for ~0.1 s after each call, which halves the speed of the
-  parallel Numba kernel that runs next (measured: the Numba GEMM right after np.matmul, 87 vs 173 GFLOP/s).
-  Sleeping at once costs OpenBLAS nothing measurable. OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when NumPy is
-  first imported, so it only helps when altclip_np is imported first (as the altclip-np command does).
-- glibc's malloc serves big blocks (the model's activations, 1-4 MiB per image) with fresh mmaps and hands
-  them back on free, so every forward page-faults its activations in again: ~37,000 faults per image, 6-9%
-  of a vision forward. `tune_malloc` (run when a model is built) keeps freed memory for reuse instead: blocks
-  up to 32 MiB come from the heap, which is not trimmed below 1 GiB. Set ALTCLIP_NP_TUNE_MALLOC=0 to leave
-  malloc alone.
-- Numba leaves ~120,000 long-lived objects (its type system, registries, the loaded kernels) for Python's
-  cyclic GC to walk: each full collection takes ~50 ms, and interpreter exit spent 0.3-0.4 s in them
-  (measured on a one-image zero-shot run, 2.5 s of process wall time). `freeze_gc_once`, run after the first
-  forward (when the kernels are loaded), moves every object alive then to the GC's permanent generation, as
-  Python's docs suggest for objects made at start-up: they are never collected, and later collections skip
-  them. Only objects alive at that moment are affected.
+altclip_np is imported into other people's programs, so importing it, building a model or running a forward
+changes nothing in the process (environment, allocator, GC). The tunings below were each measured to pay on the
+project's machine (2-core AMD EPYC) and are what the `altclip-np` command turns on first thing. A program that
+runs the model a lot can call `tune_process()` itself, as early as possible (before NumPy is imported, and
+before the first forward); each tuning can be left out by keyword.
+
+- `openblas_thread_timeout`: OpenBLAS's idle worker spins on the other core for ~0.1 s after each call, which
+  halves the speed of the parallel Numba kernel that runs next (measured: the Numba GEMM right after np.matmul,
+  87 vs 173 GFLOP/s). OPENBLAS_THREAD_TIMEOUT=4 puts it to sleep at once. OpenBLAS reads it when NumPy is
+  first imported, so it takes effect only before that; child processes inherit it.
+- `omp_wait_policy`: the model alternates Numba's parallel kernels with OpenBLAS GEMMs on the same cores. With
+  OpenMP's default wait policy Numba's idle threads spin and starve the GEMM's threads (measured: a GEMM +
+  attention pair 10-20x slower); OMP_WAIT_POLICY=PASSIVE puts them to sleep at once. libgomp reads it when
+  Numba first starts its threads (the first parallel kernel).
+- `malloc`: glibc's malloc serves big blocks (the model's activations, 1-4 MiB per image) with fresh mmaps and
+  hands them back on free, so every forward page-faults its activations in again: ~37,000 faults per image,
+  6-9% of a vision forward. `mallopt` keeps freed memory for reuse instead: blocks up to 32 MiB come from the
+  heap, which is not trimmed below 1 GiB (so the process may keep up to 1 GiB of freed memory).
+- `gc_freeze`: Numba leaves ~120,000 long-lived objects (its type system, registries, the loaded kernels) for
+  Python's cyclic GC to walk: each full collection takes ~50 ms, and interpreter exit spent 0.3-0.4 s in them
+  (one-image zero-shot process: 2.71 -> 2.37 s). After the first forward that follows, every object alive then
+  (the host program's too) moves to the GC's permanent generation (`gc.freeze`), as Python's docs suggest for
+  objects made at start-up: they are never collected, and later collections skip them.
 """
 import ctypes
 import gc
 import os
 import sys
 
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
+TUNINGS = ("openblas_thread_timeout", "omp_wait_policy", "malloc", "gc_freeze")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-_tuned = False
-_frozen = False
+_gc_freeze = None  # None, then "armed" by tune_process, then "done" after the next forward
 
 
-def tune_malloc():
-    """Keep freed activation memory in the process for reuse (glibc only; a no-op elsewhere or when disabled)."""
-    global _tuned
-    if _tuned or not sys.platform.startswith("linux") or os.environ.get("ALTCLIP_NP_TUNE_MALLOC", "1") == "0":
-        return
-    _tuned = True
+def tune_process(openblas_thread_timeout=True, omp_wait_policy=True, malloc=True, gc_freeze=True):
+    """Apply the tunings of the module docstring to this process. Returns {tuning: what happened}, each value
+    "applied", "already set" (by the user or an earlier call: left as it is), "too late: ..." or "skipped"."""
+    return {
+        "openblas_thread_timeout": (_set_env("OPENBLAS_THREAD_TIMEOUT", "4", too_late="numpy" in sys.modules
+                                             and "NumPy (and OpenBLAS) already loaded")
+                                    if openblas_thread_timeout else "skipped"),
+        "omp_wait_policy": (_set_env("OMP_WAIT_POLICY", "PASSIVE", too_late=_library_loaded("libgomp")
+                                     and "OpenMP's threads already started")
+                            if omp_wait_policy else "skipped"),
+        "malloc": _tune_malloc() if malloc else "skipped",
+        "gc_freeze": _arm_gc_freeze() if gc_freeze else "skipped",
+    }
+
+
+def after_forward():
+    """Called by the models after each forward: the armed GC freeze happens once, here (see `gc_freeze`)."""
+    global _gc_freeze
+    if _gc_freeze == "armed":
+        _gc_freeze = "done"
+        gc.freeze()
+
+
+def _set_env(name, value, too_late):
+    if name in os.environ:
+        return "already set"
+    os.environ[name] = value  # set even when late: child processes (e.g. workers) read it at their start
+    return f"too late: {too_late}" if too_late else "applied"
+
+
+def _library_loaded(name):  # is a shared library with this name mapped into the process? (Linux)
+    try:
+        with open("/proc/self/maps") as maps:
+            return any(name in line for line in maps)
+    except OSError:
+        return False
+
+
+_malloc_tuned = False
+
+
+def _tune_malloc():
+    global _malloc_tuned
+    if _malloc_tuned:
+        return "already set"
+    if not sys.platform.startswith("linux"):
+        return "skipped: glibc's mallopt is Linux-only"
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the process's own C library; musl has no mallopt
     except (OSError, AttributeError):
-        return
+        return "skipped: this C library has no mallopt"
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
     mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum
+    _malloc_tuned = True
+    return "applied"
 
 
-def freeze_gc_once():
-    """After the first forward: let the cyclic GC ignore every object alive now (see the module docstring)."""
-    global _frozen
-    if not _frozen:
-        _frozen = True
-        gc.freeze()
+def _arm_gc_freeze():
+    global _gc_freeze
+    if _gc_freeze is not None:
+        return "already set"
+    _gc_freeze = "armed"
+    return "applied (at the end of the next forward)"

@@ -5,7 +5,6 @@ B = batch, T = tokens, C = hidden size, H = heads.
 """
 import numpy as np
 
-from . import runtime
 from .layers import Packing, additive_mask, check_activation, layer_norm, linear, mha
 from .weights import release
 
@@ -104,6 +103,5 @@ def text_forward(w, cfg, input_ids=None, attention_mask=None, token_type_ids=Non
         attentions.append(probs)
     x = layer_norm(x, w[P + "pre_LN.weight"], w[P + "pre_LN.bias"], cfg.layer_norm_eps)
     projected = linear(x, w[P + "transformation.weight"], w[P + "transformation.bias"])
-    runtime.freeze_gc_once()  # the kernels are loaded now: see runtime.py
     return (projected, tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None)

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 
-from . import runtime
 from .layers import check_activation, layer_norm, linear, mha
 from .weights import release
 
@@ -119,6 +118,5 @@ def vision_forward(w, cfg, pixel_values, interpolate_pos_encoding=False, output_
             hidden_states.append(x)
         attentions.append(probs)
     pooled = layer_norm(x[:, 0], w[P + "post_layernorm.weight"], w[P + "post_layernorm.bias"], cfg.layer_norm_eps)
-    runtime.freeze_gc_once()  # the kernels are loaded now: see runtime.py
     return (x, pooled, tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None)

@@ -1,15 +1,10 @@
 """Numba kernels for altclip_np, each beside a plain-NumPy twin (`*_numpy`) that states its maths.
 
 Compiled on first use and cached on disk (`cache=True`): the first call in a fresh install takes a few
-seconds per kernel; later processes load the machine code in milliseconds.
+seconds per kernel; later processes load the machine code in milliseconds. Importing them changes nothing process-wide; the
+OpenMP wait policy that suits them (idle threads sleep at once, so they do not starve OpenBLAS's threads) is
+set by `altclip_np.runtime.tune_process()`, when asked for.
 """
-import os
-
-# The model alternates these kernels with OpenBLAS GEMMs on the same cores. With OpenMP's default wait policy
-# Numba's idle threads spin and starve the GEMM's threads (measured: a GEMM + attention pair 10-20x slower);
-# PASSIVE puts them to sleep at once. libgomp reads this when Numba first loads it, i.e. at the first kernel.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from .attention import attention, attention_numpy
 from .elementwise import (ACT_GELU, ACT_NONE, ACT_QUICK_GELU, bias_act_residual_, bias_act_residual_numpy,
                           erf_numpy, exp_numpy, gelu, gelu_numpy, layer_norm, layer_norm_numpy,

@@ -15,7 +15,7 @@ import sys
 THREADS = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 2
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = str(THREADS)  # before numpy, numba or torch load their thread pools
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as altclip_np sets it: OpenBLAS's idle threads sleep
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as runtime.tune_process() sets it: idle OpenBLAS sleeps
 
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -26,7 +26,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-BASE_ENV = dict(os.environ)  # for the child processes: without what `kernels` sets for its own OpenMP runtime
+BASE_ENV = dict(os.environ)  # for the child processes, as this process starts
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -162,6 +162,7 @@ def worker(side):
     (the pooled embedding only, as the CLI does), "theirs" transformers' get_*_features."""
     if side in ("ours", "encode"):
         import altclip_np
+        altclip_np.runtime.tune_process()  # as the altclip-np command runs
         # throughput in a loop: weights stay mapped in, as `altclip-np embed` runs (the first-result job below
         # uses the default, which hands each layer's pages back after use)
         model = altclip_np.AltCLIPModel.from_pretrained(CKPT, release_weights=False)
@@ -246,9 +247,10 @@ def model_section(reps, peak, quick):
 
 FIRST_RESULT = {
     "altclip_np": """
+import altclip_np
+altclip_np.runtime.tune_process()  # as the altclip-np command does, first thing
 import numpy as np
 from PIL import Image
-import altclip_np
 processor = altclip_np.AltCLIPProcessor.from_pretrained(CKPT)
 model = altclip_np.AltCLIPModel.from_pretrained(CKPT)
 inputs = processor(text=LABELS, images=IMAGE, padding=True)
