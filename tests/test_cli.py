@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,10 @@ from altclip_np import AltCLIPModel, cli, index, parity
 from altclip_np.processor import AltCLIPProcessor
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMAND = shutil.which("altclip-np") or pytest.skip("altclip-np is not installed (pip install -e .)",
-                                                    allow_module_level=True)
+# The command installed beside the interpreter running the tests (a virtual environment's own), else on PATH.
+_BESIDE = Path(sys.executable).parent / "altclip-np"
+COMMAND = (str(_BESIDE) if _BESIDE.is_file() else shutil.which("altclip-np")) or pytest.skip(
+    "altclip-np is not installed (pip install -e .)", allow_module_level=True)
 LABELS = ["猫", "dog", "고양이", "a red car"]
 
 
