@@ -6,10 +6,9 @@ scaled-dot-product attention) and "elementwise" (LayerNorm, activations, the bia
 bias+residual fusions).
   "numpy"  plain NumPy: the readable reference (its matmuls run on NumPy's OpenBLAS).
   "numba"  every family on this project's Numba kernels.
-  "auto"   (default) the fastest combination measured with tools/bench.py on the project's machine: the
-           Numba GEMM for Linears of up to AUTO_NUMBA_GEMM_ROWS rows (one image, a few texts: with its
-           dynamic scheduling it matches or beats OpenBLAS there), OpenBLAS above that; the fused Numba
-           attention, LayerNorm, activations and the fusions on Numba (README, "Speed").
+  "auto"   (default) what was measured to be faster on this machine (autotune.py: timed once, cached per CPU,
+           thread count and version): for each class of GEMM rows the Numba GEMM or OpenBLAS, the fused
+           Numba attention or BLAS + the Numba softmax; LayerNorm, activations and the fusions on Numba.
 Pick with `set_backend(...)`, or the environment variable ALTCLIP_NP_BACKEND (read when the backend is first
 used; a bad value is a ValueError then, naming the allowed ones). The kernels package (and Numba with it) is
 imported only when a backend that uses it first runs an op.
@@ -19,8 +18,7 @@ import os
 BACKENDS = ("numpy", "numba", "auto")
 DEFAULT = "auto"
 FAMILIES = {"numpy": frozenset(), "numba": frozenset({"matmul", "attention", "elementwise"}),
-            "auto": frozenset({"attention", "elementwise"})}
-AUTO_NUMBA_GEMM_ROWS = 1024
+            "auto": frozenset({"elementwise"})}  # and, as measured, matmul (by rows) and attention
 _backend = None  # chosen at first use: set_backend(...), else ALTCLIP_NP_BACKEND, else DEFAULT
 
 
@@ -43,12 +41,19 @@ def get_backend():
 
 def uses(family):
     """True when the current backend runs `family` ("matmul", "attention", "elementwise") on Numba."""
-    return family in FAMILIES[get_backend()]
+    name = get_backend()
+    if name == "auto" and family == "attention":
+        from . import autotune
+        return autotune.attention_on_numba()
+    return family in FAMILIES[name]
 
 
 def gemm_on_numba(rows):
     """True when a Linear over `rows` rows should run on the Numba GEMM rather than OpenBLAS."""
-    return uses("matmul") or (get_backend() == "auto" and rows <= AUTO_NUMBA_GEMM_ROWS)
+    if get_backend() == "auto":
+        from . import autotune
+        return autotune.gemm_on_numba(rows)
+    return uses("matmul")
 
 
 def kernels():

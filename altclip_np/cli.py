@@ -256,6 +256,27 @@ def cmd_parity(args):
     return run_parity(args)
 
 
+def cmd_tune(args):
+    from . import autotune
+    key = autotune.cache_key()
+    path = autotune.cache_file(key)
+    print(f"measuring on {key['cpu']} ({', '.join(key['isa'])}; Numba target {key['numba_cpu']}, "
+          f"{key['numba_threads']} threads) ...", file=sys.stderr, flush=True)
+    data = autotune.save(path, key, autotune.measure())
+    autotune.reset()  # this process follows the new file too
+    if args.json:
+        print(json.dumps({**data, "cache_file": str(path)}, indent=2))
+        return
+    print(f"{'job':<24}{'Numba ms':>10}{'BLAS ms':>10}  auto runs")
+    for m, t in data["seconds"]["gemm"].items():
+        side = "Numba GEMM" if data["gemm_numba"][m] else "BLAS GEMM"
+        print(f"{f'encoder-layer GEMMs M={m}':<24}{t['numba'] * 1e3:>10.2f}{t['blas'] * 1e3:>10.2f}  {side}")
+    for job, t in data["seconds"]["attention"].items():
+        print(f"{f'attention {job}':<24}{t['numba'] * 1e3:>10.2f}{t['blas'] * 1e3:>10.2f}")
+    print(f"attention: {'the fused Numba kernel' if data['attention_numba'] else 'BLAS + Numba softmax'}")
+    print(f"saved to {path}")
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of the usage block
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -308,6 +329,12 @@ def build_parser():
     p.add_argument("--model", help="default: the model that made the index")
     p.add_argument("--json", action="store_true", help='print [{"rank", "score", "row", "source"}]')
     p.set_defaults(run=cmd_search)
+
+    p = sub.add_parser("tune", help="measure which kernels are faster on this machine (auto backend)",
+                       description="Time the Numba kernels against NumPy's BLAS at the model's shapes and save "
+                       "what the auto backend should run (the first auto forward does this once by itself).")
+    p.add_argument("--json", action="store_true", help="print the measurement as JSON")
+    p.set_defaults(run=cmd_tune)
 
     from .parity import add_arguments
     p = sub.add_parser("parity", help="compare every layer with transformers",

@@ -2,10 +2,16 @@
 
 transformers and torch are the reference here, never a dependency of altclip_np.
 """
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
 import altclip_np
+
+# The auto backend's measurements (autotune.py) go to a directory of this run's, not the user's cache.
+os.environ.setdefault("ALTCLIP_NP_CACHE_DIR", tempfile.mkdtemp(prefix="altclip-np-test-cache-"))
 
 # Several shapes of tiny model: head counts, layer counts, patch/image sizes, activations, projection dims.
 TINY_CONFIGS = {

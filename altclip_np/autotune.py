@@ -1,0 +1,190 @@
+"""What the `auto` backend runs, chosen by measuring on this machine, once, and cached.
+
+Which of two GEMMs is faster at a shape depends on the CPU (AVX-512 or AVX2, its clock and caches) and the
+thread count, not on anything one machine can measure for another: on a 2-core AVX-512 EPYC the Numba GEMM
+matched OpenBLAS up to ~1024 rows, on a 2-core AVX2 EPYC it reached 57-70% of it. So the first `auto` forward
+(or `altclip-np tune`) times, interleaved, medians:
+  - for each class of GEMM rows the model runs (M = 128: eight 16-token texts; 257: one image; 616: eight
+    77-token texts; 2056: eight images), one encoder layer's GEMMs (4 x [1024 x 1024], [1024 x 4096],
+    [4096 x 1024]) on the Numba GEMM and on NumPy's BLAS;
+  - the fused Numba attention against scores on BLAS + the Numba softmax + p v on BLAS (what runs otherwise),
+    for eight 77-token texts and one image (16 heads of 64);
+and keeps the faster of each. A few seconds (so not before a one-off command's first result): `altclip-np tune`
+and `altclip-np embed` (a long job) run it when nothing is cached, a program calls `ensure()`. Until then
+`auto` follows `prior()`, what was measured on the two kinds of machine so far. The result is written to
+`$ALTCLIP_NP_CACHE_DIR` (default `$XDG_CACHE_HOME/altclip-np` or `~/.cache/altclip-np`) as JSON, keyed by CPU
+model, ISA flags, Numba's target CPU, thread counts and the versions of altclip_np and NumPy; a file whose key
+does not match is ignored, and an unreadable one is measured again and replaced.
+"""
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+GEMM_ROWS = (128, 257, 616, 2056)  # the model's row counts, one per class
+LAYER_GEMMS = ((1024, 1024),) * 4 + ((1024, 4096), (4096, 1024))  # (K, N): q, k, v, out, fc1, fc2
+ATTENTION_JOBS = ((8, 77), (1, 257))  # (batch, tokens), 16 heads of 64
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512vnni", "avx512bf16", "amx-tile")
+FILE_FORMAT = 1
+_choices = None  # this process's, once loaded or measured
+
+
+def cache_dir():
+    if os.environ.get("ALTCLIP_NP_CACHE_DIR"):
+        return Path(os.environ["ALTCLIP_NP_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "altclip-np"
+
+
+def cache_key():
+    """What the measurement depends on: a cached result is used only where all of it matches."""
+    import llvmlite.binding as llvm
+    import numba
+
+    from . import __version__
+    features = llvm.get_host_cpu_features()
+    target = numba.config.CPU_NAME or llvm.get_host_cpu_name()  # NUMBA_CPU_NAME compiles for another CPU
+    return {"cpu": _cpu_model(), "isa": [f for f in ISA_FLAGS if features.get(f)], "numba_cpu": target,
+            "numba_avx512": bool(features.get("avx512f")) and _has_avx512(target, numba.config.CPU_FEATURES),
+            "numba_threads": numba.get_num_threads(),
+            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "",
+            "altclip_np": __version__, "numpy": np.__version__}
+
+
+def cache_file(key):
+    name = "".join(c if c.isalnum() else "-" for c in f"{key['numba_cpu']}-{key['numba_threads']}t")
+    return cache_dir() / f"autotune-{name}.json"
+
+
+def choices():
+    """{"gemm_numba": {rows: bool}, "attention_numba": bool, ...}: this machine's, if cached, else `prior()`."""
+    global _choices
+    if _choices is None:
+        key = cache_key()
+        _choices = load(cache_file(key), key) or prior(key)
+    return _choices
+
+
+def ensure():
+    """This machine's choices: cached, else measured now (a few seconds) and cached."""
+    global _choices
+    key = cache_key()
+    _choices = load(cache_file(key), key) or save(cache_file(key), key, measure())
+    return _choices
+
+
+def prior(key):
+    """Before measuring: on AVX-512 (2-core EPYC Zen 4) the Numba GEMM matched or beat OpenBLAS up to 1024 rows
+    (87-110%); on AVX2 (2-core EPYC Zen 2) it reached 57-70% of OpenBLAS at every shape, so BLAS there. The fused
+    attention beat the BLAS path on AVX-512 at every measured shape."""
+    numba_gemm = key["numba_avx512"]
+    return {"gemm_numba": {str(m): numba_gemm and m <= 1024 for m in GEMM_ROWS}, "attention_numba": True,
+            "source": "prior"}
+
+
+def gemm_on_numba(rows):
+    """The choice for a GEMM of `rows` rows: that of the measured class nearest to it (on a log scale)."""
+    measured = choices()["gemm_numba"]
+    nearest = min(measured, key=lambda m: abs(np.log(max(rows, 1) / int(m))))
+    return measured[nearest]
+
+
+def attention_on_numba():
+    return choices()["attention_numba"]
+
+
+def load(path, key):
+    """The cached choices, or None when there is no file, it is unreadable, or its key is another machine's."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if data.get("format") == FILE_FORMAT and data.get("key") == key:
+            gemm = {str(int(m)): bool(v) for m, v in data["gemm_numba"].items()}
+            if gemm:
+                return {**data, "gemm_numba": gemm, "attention_numba": bool(data["attention_numba"])}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return None
+
+
+def save(path, key, measured):
+    """Write the choices atomically (a unique temporary file, then os.replace); an unwritable cache is no
+    error: the choices still hold for this process."""
+    data = {"format": FILE_FORMAT, "key": key, **measured}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return data
+
+
+def measure(gemm_rows=GEMM_ROWS, layer_gemms=LAYER_GEMMS, attention_jobs=ATTENTION_JOBS, reps=3):
+    """Time both sides of each choice (interleaved, `reps` rounds after a warm-up; medians in seconds)."""
+    from . import kernels as K
+
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((n, k), dtype=np.float32) for k, n in layer_gemms]
+    gemm_times, gemm_numba = {}, {}
+    for m in gemm_rows:
+        xs = {k: rng.standard_normal((m, k), dtype=np.float32) for k, _ in layer_gemms}
+        sides = {"numba": lambda: [K.matmul_nt(xs[w.shape[1]], w) for w in weights],
+                 "blas": lambda: [xs[w.shape[1]] @ w.T for w in weights]}
+        gemm_times[str(m)] = t = _median_interleaved(sides, reps)
+        gemm_numba[str(m)] = t["numba"] <= t["blas"]
+    attention_times, wins = {}, 0
+    for batch, tokens in attention_jobs:
+        q, k, v = (rng.standard_normal((batch, 16, tokens, 64), dtype=np.float32) for _ in range(3))
+        mask = np.zeros((batch, 1, 1, tokens), np.float32)
+        sides = {"numba": lambda: K.attention(q, k, v, mask, 0.125),
+                 "blas": lambda: K.softmax(q @ k.transpose(0, 1, 3, 2), 0.125, mask) @ v}
+        attention_times[f"{batch}x{tokens}"] = t = _median_interleaved(sides, reps)
+        wins += t["numba"] <= t["blas"]
+    return {"gemm_numba": gemm_numba, "attention_numba": 2 * wins >= len(attention_jobs),
+            "seconds": {"gemm": gemm_times, "attention": attention_times}, "source": "measured",
+            "measured_at": time.time()}
+
+
+def _median_interleaved(sides, reps):
+    for f in sides.values():  # warm-up: compiles or loads the kernels, touches the operands
+        f()
+    times = {name: [] for name in sides}
+    for _ in range(reps):
+        for name, f in sides.items():
+            start = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+AVX512_TARGETS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake", "tigerlake", "rocketlake",
+                  "sapphirerapids", "graniterapids", "emeraldrapids", "znver4", "znver5", "x86-64-v4")
+
+
+def _has_avx512(target, features):  # does Numba's target CPU (host, or NUMBA_CPU_NAME) have AVX-512?
+    import llvmlite.binding as llvm
+    if target == llvm.get_host_cpu_name() and not features:
+        return True
+    return "+avx512f" in (features or "") or target.startswith(AVX512_TARGETS)
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def reset():
+    """Forget this process's choices (the next `auto` op loads or measures them again)."""
+    global _choices
+    _choices = None

@@ -1,0 +1,107 @@
+"""autotune: the auto backend's choices, measured on this machine and cached per CPU, threads and version.
+
+The cache logic is checked with a stand-in measurement (counted); one real measurement runs on small shapes.
+Nothing here asserts a time.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from altclip_np import autotune, backend
+
+FAKE = {"gemm_numba": {"128": True, "257": False, "616": False, "2056": True}, "attention_numba": False,
+        "seconds": {}, "source": "measured"}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache directory, and a stand-in `measure` that counts its calls."""
+    monkeypatch.setenv("ALTCLIP_NP_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(autotune, "measure", lambda: calls.append(1) or dict(FAKE))
+    autotune.reset()
+    yield calls
+    autotune.reset()
+
+
+def test_ensure_measures_once_then_reads_the_cache(cache):
+    first = autotune.ensure()
+    path = autotune.cache_file(autotune.cache_key())
+    written = json.loads(path.read_text())
+    assert written["key"] == autotune.cache_key() and written["gemm_numba"] == FAKE["gemm_numba"]
+    autotune.reset()
+    assert autotune.ensure()["gemm_numba"] == first["gemm_numba"] == FAKE["gemm_numba"]
+    assert autotune.choices()["attention_numba"] is False
+    assert len(cache) == 1  # the second process-equivalent read the file
+
+
+def test_choices_without_a_cache_are_the_prior_and_measure_nothing(cache):
+    key = autotune.cache_key()
+    assert autotune.choices() == autotune.prior(key)
+    assert cache == [] and not autotune.cache_file(key).exists()
+    assert autotune.prior(key)["gemm_numba"]["2056"] is False  # OpenBLAS for eight images on either ISA
+
+
+def test_a_cache_with_another_key_is_ignored_and_replaced(cache):
+    key = autotune.cache_key()
+    path = autotune.cache_file(key)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"format": autotune.FILE_FORMAT, "key": {**key, "numba_threads": 99},
+                                "gemm_numba": {"128": False}, "attention_numba": True}))
+    assert autotune.choices()["source"] == "prior"
+    assert autotune.ensure()["gemm_numba"] == FAKE["gemm_numba"] and len(cache) == 1
+    assert json.loads(path.read_text())["key"] == key
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"format": 1}', "", "\x00" * 10])
+def test_a_corrupt_cache_is_measured_again_and_replaced(cache, content):
+    path = autotune.cache_file(autotune.cache_key())
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    assert autotune.ensure()["gemm_numba"] == FAKE["gemm_numba"] and len(cache) == 1
+    assert json.loads(path.read_text())["gemm_numba"] == FAKE["gemm_numba"]
+
+
+def test_an_unwritable_cache_still_gives_choices(cache, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ALTCLIP_NP_CACHE_DIR", str(tmp_path / "file" / "cache"))  # a path under a file
+    assert autotune.ensure()["gemm_numba"] == FAKE["gemm_numba"]
+
+
+def test_the_auto_backend_follows_the_choices(cache, monkeypatch):
+    autotune.ensure()
+    monkeypatch.setattr(backend, "_backend", "auto")
+    # each row count takes the choice of the nearest measured class on a log scale (boundaries: the geometric
+    # means 181, 398, 1125)
+    assert [backend.gemm_on_numba(m) for m in (1, 100, 190, 300, 616, 1000, 1200, 5000)] == \
+        [True, True, False, False, False, False, True, True]
+    assert backend.uses("attention") is False and backend.uses("elementwise") is True
+    monkeypatch.setattr(backend, "_backend", "numba")
+    assert backend.gemm_on_numba(300) and backend.uses("attention")
+
+
+def test_measure_times_both_sides_and_keeps_the_faster():
+    out = autotune.measure(gemm_rows=(8, 64), layer_gemms=((32, 48), (48, 32)), attention_jobs=((1, 9), (2, 5)),
+                           reps=1)
+    for m, t in out["seconds"]["gemm"].items():
+        assert t["numba"] > 0 and t["blas"] > 0
+        assert out["gemm_numba"][m] == (t["numba"] <= t["blas"])
+    wins = sum(t["numba"] <= t["blas"] for t in out["seconds"]["attention"].values())
+    assert set(out["seconds"]["attention"]) == {"1x9", "2x5"} and out["attention_numba"] == (wins >= 1)
+
+
+def test_the_tune_command_measures_and_saves(tmp_path):
+    command = Path(sys.executable).parent / "altclip-np"
+    env = {**os.environ, "ALTCLIP_NP_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([str(command), "tune", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert sorted(out["gemm_numba"], key=int) == [str(m) for m in autotune.GEMM_ROWS]
+    for m, t in out["seconds"]["gemm"].items():
+        assert out["gemm_numba"][m] == (t["numba"] <= t["blas"])
+    saved = json.loads(Path(out["cache_file"]).read_text())
+    assert Path(out["cache_file"]).parent == tmp_path and saved["gemm_numba"] == out["gemm_numba"]
