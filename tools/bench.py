@@ -1,12 +1,15 @@
 """altclip_np against transformers + torch at the real BAAI/AltCLIP sizes, on this machine, in one run.
 
-    python tools/bench.py [--threads 2] [--reps 5] [--quick]
+    python tools/bench.py [--threads 2] [--reps 5] [--quick] [--checkpoint DIR]
 
 The checkpoint (ViT-L/14 at 224 + XLM-R large, 864M random parameters, 3.2 GiB of safetensors) is made once
 with transformers' `AltCLIPModel(config).save_pretrained` and cached under ~/.cache/altclip-np-bench, with a
 small SentencePiece model and processor files so both sides can run their processors.
 Every comparison alternates the two sides (A B A B ...) after a warm-up and quotes medians, because the
-machine is shared. Prints Markdown tables. Needs torch and transformers (the test extra).
+machine is shared. Prints Markdown tables. Needs torch and transformers (the test extra); ONNX Runtime and
+OpenVINO run too where installed (`pip install -e ".[test,bench]"`; tools/bench_peers.py), on graphs
+exported once from transformers. --checkpoint runs the model sections on another checkpoint (e.g. a tiny one from
+tools/make_tiny_checkpoint.py, for a quick check of the bench itself: its GFLOP/s mean nothing).
 """
 import argparse
 import os
@@ -31,8 +34,11 @@ BASE_ENV = dict(os.environ)  # for the child processes, as this process starts
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
+import bench_peers  # noqa: E402
 CACHE = Path(os.environ.get("ALTCLIP_NP_BENCH_CACHE", Path.home() / ".cache" / "altclip-np-bench"))
 CKPT = CACHE / "altclip-large-random"
+if "--checkpoint" in sys.argv:  # read here, like --threads: the worker processes get it on their command line
+    CKPT = Path(sys.argv[sys.argv.index("--checkpoint") + 1]).resolve()
 LABELS = ["a photo of a cat", "a photo of a dog", "a photo of a car"]
 GEMM_SHAPES = [(m, k, n) for m in (257, 2056) for k, n in ((1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024))]
 ATTN_SHAPES = [(1, 257), (8, 257), (8, 16), (8, 77), (32, 16)]  # (batch, tokens), 16 heads of 64
@@ -65,6 +71,8 @@ def median_alternating(fns, reps, warmup=1, best=None):
 def build_checkpoint():
     if (CKPT / "model.safetensors").is_file() and (CKPT / "sentencepiece.bpe.model").is_file():
         return CKPT
+    if "--checkpoint" in sys.argv:
+        sys.exit(f"bench: {CKPT} is not a checkpoint with model.safetensors and sentencepiece.bpe.model")
     import torch
     import transformers
     from make_tiny_checkpoint import corpus_lines, train_sentencepiece, write_processor_files
@@ -143,9 +151,12 @@ JOBS = [("vision", 1, None), ("vision", 8, None), ("text", 8, 16), ("text", 8, 7
 
 def job_inputs(kind, batch, tokens):
     rng = np.random.default_rng(0)
+    config = json.loads((CKPT / "config.json").read_text())  # the real sizes, or a --checkpoint's
     if kind == "vision":
-        return {"pixel_values": rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)}
-    ids = rng.integers(5, 250000, (batch, tokens))
+        size = config["vision_config"]["image_size"]
+        return {"pixel_values": rng.standard_normal((batch, 3, size, size), dtype=np.float32)}
+    tokens = min(tokens, config["text_config"]["max_position_embeddings"] - 2)
+    ids = rng.integers(5, min(250000, config["text_config"]["vocab_size"]), (batch, tokens))
     ids[:, 0], ids[:, -1] = 0, 2
     mask = np.ones_like(ids)
     lengths = rng.integers(6, tokens, batch) if kind == "mixed" else [tokens, tokens // 2]
@@ -159,7 +170,8 @@ def worker(side):
     """One side of the model section, in a process of its own (torch's and Numba's thread pools never share a
     process): reads `JOB_INDEX [SAVE_PATH]` lines, runs the job once, answers with the seconds it took.
     "ours" runs get_*_features (the whole tower's output, like transformers), "encode" encode_text/encode_image
-    (the pooled embedding only, as the CLI does), "theirs" transformers' get_*_features."""
+    (the pooled embedding only, as the CLI does), "theirs" transformers' get_*_features, "onnxruntime" and
+    "openvino" the graphs exported from transformers' get_*_features (tools/bench_peers.py)."""
     if side in ("ours", "encode"):
         import altclip_np
         altclip_np.runtime.tune_process()  # as the altclip-np command runs
@@ -171,6 +183,8 @@ def worker(side):
                    "text": lambda x: model.get_text_features(**x).pooler_output}
         else:
             run = {"vision": lambda x: model.encode_image(**x), "text": lambda x: model.encode_text(**x)}
+    elif side in bench_peers.PEERS:
+        run = bench_peers.runners(side, CKPT, THREADS)
     else:
         import torch
         import transformers
@@ -195,7 +209,8 @@ def worker(side):
 
 class Worker:
     def __init__(self, side):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", side, "--threads", str(THREADS)],
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", side, "--threads", str(THREADS),
+                                      "--checkpoint", str(CKPT)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=BASE_ENV)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the {side} worker failed to start")
@@ -210,25 +225,32 @@ class Worker:
         self.proc.wait()
 
 
-def model_section(reps, peak, quick):
-    """Throughput of each side in its own worker process, alternating A B C, B C A, ... after a warm-up run."""
-    workers = {side: Worker(side) for side in ("ours", "encode", "theirs")}
+def model_section(reps, peak, quick, peers=()):
+    """Throughput of each side in its own worker process, alternating A B C, B C A, ... after a warm-up run;
+    a second table against the `peers` (bench_peers.PEERS), run in the same rotation."""
+    workers = {side: Worker(side) for side in ("ours", "encode", "theirs", *peers)}
     jobs = [0, 2] if quick else range(len(JOBS))
     rows = ["| job | altclip_np /s | encode_* /s | transformers /s | speed-up | encode_* speed-up | "
             "altclip_np GFLOP/s (of peak) | transformers GFLOP/s (of peak) | max abs diff |",
             "|---|---|---|---|---|---|---|---|---|"]
+    names = [bench_peers.NAMES[p] for p in peers]
+    head = ["job", "altclip_np /s (best of get_* / encode_*)", *[f"{n} /s" for n in names],
+            *[f"altclip_np / {n}" for n in names], *[f"{n} GFLOP/s (of peak)" for n in names],
+            *[f"{n} max abs diff" for n in names]]
+    peer_rows = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     with tempfile.TemporaryDirectory() as tmp:
         for index in jobs:
             kind, batch, tokens = JOBS[index]
             for side, w in workers.items():  # warm-up, and the outputs for the difference
                 w.run(index, f"{tmp}/{side}.npy")
             theirs = np.load(f"{tmp}/theirs.npy")
-            diff = max(float(np.abs(np.load(f"{tmp}/{side}.npy") - theirs).max()) for side in ("ours", "encode"))
+            diffs = {side: float(np.abs(np.load(f"{tmp}/{side}.npy") - theirs).max()) for side in workers}
+            diff = max(diffs["ours"], diffs["encode"])
             n = reps if batch * (tokens or 257) < 2000 else max(3, reps // 2)
             times = {side: [] for side in workers}
             sides = list(workers)
             for rep in range(n):  # the order rotates, so no side always runs right after the same other one
-                for side in sides[rep % 3:] + sides[:rep % 3]:
+                for side in sides[rep % len(sides):] + sides[:rep % len(sides)]:
                     times[side].append(workers[side].run(index))
             t = {side: float(np.median(ts)) for side, ts in times.items()}
             # FLOPs of the whole padded batch: what get_*_features computes, on both sides
@@ -240,9 +262,16 @@ def model_section(reps, peak, quick):
                         f"{t['theirs'] / t['encode']:.2f}x | {g['ours']:.0f} ({g['ours'] / peak:.0%}) | "
                         f"{g['theirs']:.0f} ({g['theirs'] / peak:.0%}) | {diff:.1e} |")
             print(rows[-1], file=sys.stderr, flush=True)
+            if peers:
+                ours = min(t["ours"], t["encode"])
+                cells = [f"{unit[kind]} x {batch}", f"{batch / ours:.2f}", *[f"{batch / t[p]:.2f}" for p in peers],
+                         *[f"{t[p] / ours:.2f}x" for p in peers], *[f"{g[p]:.0f} ({g[p] / peak:.0%})" for p in peers],
+                         *[f"{diffs[p]:.1e}" for p in peers]]
+                peer_rows.append("| " + " | ".join(cells) + " |")
+                print(peer_rows[-1], file=sys.stderr, flush=True)
     for w in workers.values():
         w.close()
-    return rows
+    return rows + ([""] + peer_rows if peers else [])
 
 
 FIRST_RESULT = {
@@ -275,8 +304,9 @@ print(out.logits_per_image[0].tolist())
 PEAK_RSS = "\nprint(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
 
 
-def first_result_section(reps):
-    """Wall time of a fresh process (import, load, preprocess, one image x three labels) and its peak RSS."""
+def first_result_section(reps, peers=()):
+    """Wall time of a fresh process (import, load, preprocess, one image x three labels) and its peak RSS;
+    for the `peers` also the seconds their sessions took to create (their cold start)."""
     from PIL import Image
 
     image = CACHE / "bench.png"
@@ -285,9 +315,10 @@ def first_result_section(reps):
         Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(image)
     prelude = (f"CKPT = {str(CKPT)!r}\nLABELS = {LABELS!r}\nTHREADS = {THREADS}\n"
                f"from PIL import Image\nIMAGE = Image.open({str(image)!r})\n")
-    results = {name: [] for name in FIRST_RESULT}
+    bodies = {**FIRST_RESULT, **{p: f"PEER = {p!r}\n" + bench_peers.FIRST_RESULT for p in peers}}
+    results = {name: [] for name in bodies}
     for rep in range(reps + 1):  # the first round warms the page cache and Numba's cache
-        for name, body in FIRST_RESULT.items():
+        for name, body in bodies.items():
             t = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", prelude + body + PEAK_RSS], capture_output=True,
                                   text=True, cwd=ROOT, env=BASE_ENV)
@@ -295,14 +326,48 @@ def first_result_section(reps):
             if proc.returncode:
                 raise RuntimeError(f"{name} first-result job failed:\n{proc.stderr[-2000:]}")
             logits, peak_kib = proc.stdout.split("\n")[-3:-1]
+            cold = [float(line.split()[1]) for line in proc.stdout.split("\n") if line.startswith("cold ")]
             if rep:
-                results[name].append((wall, int(peak_kib) / 2**20, logits))
-    med = {n: (np.median([r[0] for r in v]), np.median([r[1] for r in v]), v[-1][2]) for n, v in results.items()}
+                results[name].append((wall, int(peak_kib) / 2**20, logits, *cold))
+    med = {n: (np.median([r[0] for r in v]), np.median([r[1] for r in v]), v[-1][2],
+               np.median([r[3] for r in v]) if len(v[0]) > 3 else None) for n, v in results.items()}
     a, b = med["altclip_np"], med["transformers"]
-    return ["| process start to first zero-shot result | altclip_np | transformers | ratio |", "|---|---|---|---|",
-            f"| wall time (s) | {a[0]:.2f} | {b[0]:.2f} | {a[0] / b[0]:.2f} |",
-            f"| peak RSS (GiB) | {a[1]:.2f} | {b[1]:.2f} | {a[1] / b[1]:.2f} |",
-            f"| logits_per_image | {a[2]} | {b[2]} | |"]
+    head = "".join(f" {bench_peers.NAMES[p]} |" for p in peers)
+    cells = lambda i, fmt: "".join(f" {format(med[p][i], fmt)} |" for p in peers)  # noqa: E731
+    rows = [f"| process start to first zero-shot result | altclip_np | transformers | ratio |{head}",
+            "|---|---|---|---|" + "---|" * len(peers),
+            f"| wall time (s) | {a[0]:.2f} | {b[0]:.2f} | {a[0] / b[0]:.2f} |{cells(0, '.2f')}",
+            f"| peak RSS (GiB) | {a[1]:.2f} | {b[1]:.2f} | {a[1] / b[1]:.2f} |{cells(1, '.2f')}",
+            f"| logits_per_image | {a[2]} | {b[2]} | |{cells(2, '')}"]
+    if peers:  # (the peers preprocess with transformers' processor, as their users would)
+        rows.insert(4, "| of which session creation / compile_model (s) | | | |" + cells(3, ".2f"))
+    return rows
+
+
+def machine_header():
+    """The CPU, the ISA flags the kernels depend on, Numba's target, and what `auto` follows on this machine."""
+    import numba
+    from altclip_np import autotune
+
+    cpu = {}
+    with open("/proc/cpuinfo") as f:
+        for line in iter(f.readline, "\n"):  # the first processor's block
+            key, _, value = line.partition(":")
+            cpu[key.strip()] = value.strip()
+    flags = set(cpu.get("flags", "").split())
+    isa = ", ".join(f"{name} {'yes' if flags & set(names) else 'no'}" for name, names in (
+        ("AVX2", ["avx2"]), ("AVX-512F", ["avx512f"]), ("VNNI", ["avx512_vnni", "avx_vnni"]),
+        ("BF16", ["avx512_bf16"])))
+    key, auto = autotune.cache_key(), autotune.choices()
+    target = key["numba_cpu"] + (" (NUMBA_CPU_NAME)" if numba.config.CPU_NAME else " (host)")
+    gemm = ", ".join(f"{m} {'Numba' if v else 'BLAS'}" for m, v in auto["gemm_numba"].items())
+    source = ("measured on this machine" if auto.get("source") == "measured"
+              else "the prior; nothing measured on this machine yet: `altclip-np tune` measures")
+    return [f"CPU: {cpu.get('model name', platform.processor())} (family {cpu.get('cpu family', '?')}, model "
+            f"{cpu.get('model', '?')}), {os.cpu_count()} CPUs; {isa}",
+            f"Numba target: {target}, {'AVX-512' if key['numba_avx512'] else 'no AVX-512'} code",
+            f"auto picks: GEMM by rows {gemm}; attention {'Numba' if auto['attention_numba'] else 'BLAS'} "
+            f"({source})"]
 
 
 def main(argv=None):
@@ -311,7 +376,8 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=5, help="timed runs per measurement (default 5)")
     parser.add_argument("--quick", action="store_true", help="kernels plus two model jobs, one first-result run")
     parser.add_argument("--skip-model", action="store_true", help="only the GEMM and attention kernels")
-    parser.add_argument("--worker", choices=("ours", "encode", "theirs"), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help="run the model sections on this checkpoint directory instead")
+    parser.add_argument("--worker", choices=("ours", "encode", "theirs", *bench_peers.PEERS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker)
@@ -321,13 +387,17 @@ def main(argv=None):
 
     print(f"# altclip_np bench: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{THREADS} threads, numpy {np.__version__}, backend {get_backend()!r}\n")
+    print("\n".join(machine_header()) + "\n", flush=True)
     gemm, peak = gemm_section(args.reps)
     print("\n".join(gemm), f"\n\nsgemm peak (OpenBLAS's fastest run above): {peak:.0f} GFLOP/s\n", flush=True)
     print("\n".join(attention_section(args.reps)) + "\n", flush=True)
     if not args.skip_model:
         build_checkpoint()
-        print("\n".join(first_result_section(1 if args.quick else 2)) + "\n", flush=True)
-        print("\n".join(model_section(max(3, args.reps + 2), peak, args.quick)) + "\n", flush=True)
+        peers, notes = bench_peers.prepare(CKPT)
+        if notes:
+            print("\n".join(notes) + "\n", flush=True)
+        print("\n".join(first_result_section(1 if args.quick else 2, peers)) + "\n", flush=True)
+        print("\n".join(model_section(max(3, args.reps + 2), peak, args.quick, peers)) + "\n", flush=True)
     print(f"(bench took {time.perf_counter() - start:.0f} s)")
 
 
