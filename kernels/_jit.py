@@ -48,7 +48,11 @@ class KernelCache(FunctionCache):
         return super()._index_key(sig, codegen) + (SOURCES,)
 
     def has(self, sig, codegen):  # the index lists it (cheap: reads a small index file, no machine code)
-        return self._index_key(sig, codegen) in self._cache_file._load_index()
+        try:
+            return self._index_key(sig, codegen) in self._cache_file._load_index()
+        except Exception:  # noqa: BLE001 - an unreadable index (truncated, foreign): start it afresh
+            self.flush()
+            return False
 
 
 class Kernel:
@@ -103,7 +107,13 @@ def ensure(kernels):
         if missing:
             _compile(missing)
         for k in todo:
-            k.load()
+            try:
+                k.load()
+            except Exception:  # noqa: BLE001 - a damaged cache file (e.g. truncated): compile it afresh
+                k.dispatcher._cache.flush()
+                _compile([k])
+                missing.append(k)
+                k.load()
     return [k.name for k in missing]
 
 
