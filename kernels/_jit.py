@@ -6,17 +6,19 @@
   code (Numba converts the argument's type) instead of compiling a second version (measured before: a forward
   compiled the GEMM twice and attention four times, 64 s of a 97 s first run).
 - Compiled in a child process, then loaded from the disk cache. Numba compiles a `parallel=True` kernel's
-  loop body as a library of its own and links a copy into the kernel; a kernel compiled in this process
-  calls the first, a kernel loaded from the cache the second, and LLVM optimises the two differently (with
-  fastmath reassociation: other summation orders). So results depended on whether this process compiled the
-  kernel (a first run) or loaded it (every later run). Loading always gives the same bits cold or warm; and
-  the children compile several kernels at once, one per core.
+  loop body as a library of its own and links a copy into the kernel, where LLVM optimises it again; a
+  kernel compiled in this process runs the first, one loaded from the cache in a fresh process the second
+  (observed: even loaded from the cache, a kernel gives the in-process bits in the process that compiled it),
+  and with fastmath reassociation the two sum in other orders. So results depended on whether the process
+  compiled the kernel (a first run) or loaded it (every later run). Loading always gives the same bits cold
+  or warm; and the children compile several kernels at once, one per core.
 - The cache key adds a hash of every file in this package, since a kernel inlines functions from other
   files (_tile.py, elementwise.py) that Numba's own key (the kernel's file and bytecode, the CPU, Numba's
   version) does not see.
 The first compile logs one INFO line on the "altclip_np" logger (the `altclip-np` command prints it).
 """
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -136,9 +138,9 @@ def _compile(kernels):
     failed = []
     try:
         with tempfile.TemporaryFile("w+") as errors:
-            children = [subprocess.Popen([sys.executable, "-c", CHILD, *(k.name for k in g)],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
-                        for g in groups]
+            command = [sys.executable, "-c", CHILD, json.dumps(sys.path)]
+            children = [subprocess.Popen(command + [k.name for k in g], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=errors) for g in groups]
             if any([c.wait() for c in children]):  # (a list: wait for every child)
                 errors.seek(0)
                 failed = errors.read().strip().splitlines()[-1:] or ["no message"]
@@ -151,7 +153,9 @@ def _compile(kernels):
     log.debug("compiled %s in %.1f s", ", ".join(k.name for k in kernels), time.perf_counter() - start)
 
 
-CHILD = "import sys; from altclip_np.kernels._jit import compile_here; compile_here(sys.argv[1:])"
+# The child imports the kernels from where this process did: it gets this process's sys.path
+CHILD = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+         "from altclip_np.kernels._jit import compile_here; compile_here(sys.argv[2:])")
 
 
 def compile_here(names):  # the child: compile (and so cache) the named kernels in this process
