@@ -4,14 +4,18 @@
     altclip-np embed photos/ --out index.npy          # resumable; sidecar index.npy.json
     altclip-np search index.npy "a red car" [--top-k 10]
     altclip-np parity --model DIR                     # needs torch + transformers
+    altclip-np warmup                                 # compile the Numba kernels now (Docker images, CI)
 
 User errors print one line (`altclip-np: error: ...`) and exit 1 (2 for bad arguments); set
 ALTCLIP_NP_DEBUG=1 to see the traceback of an unexpected error instead.
 """
 import argparse
 import json
+import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,36 @@ def warn(message):
     tqdm.write(f"{PROG}: warning: {message}", file=sys.stderr)  # does not break a running progress bar
 
 
+class LibraryMessages(logging.Handler):
+    """Prints the library's messages (e.g. the one-time kernel compile) as `altclip-np: ...` lines on stderr.
+    While the kernels compile, the running progress bar (`bar`) keeps ticking, so it does not look frozen."""
+    bar = None
+
+    def emit(self, record):
+        from tqdm import tqdm
+        tqdm.write(f"{PROG}: {record.getMessage()}", file=sys.stderr)
+        done = getattr(record, "done", None)  # set when the compile is over
+        if self.bar is not None and done is not None:
+            threading.Thread(target=tick, args=(self.bar, done), daemon=True).start()
+
+
+def tick(bar, done):  # refresh the bar's elapsed time each second until `done` is set
+    bar.set_postfix_str("compiling the kernels")
+    while not done.wait(1.0):
+        bar.refresh()
+    bar.set_postfix_str("")
+
+
+MESSAGES = LibraryMessages(logging.INFO)
+
+
+def show_library_messages():
+    logger = logging.getLogger("altclip_np")
+    if MESSAGES not in logger.handlers:
+        logger.addHandler(MESSAGES)
+        logger.setLevel(logging.INFO)
+
+
 # ---- model, texts and images ----------------------------------------------------------------------------
 
 def model_id(name):
@@ -43,6 +77,7 @@ def model_id(name):
 def load_model(name):
     from .model import AltCLIPModel
     from .processor import AltCLIPProcessor
+    show_library_messages()
     try:
         return AltCLIPModel.from_pretrained(name), AltCLIPProcessor.from_pretrained(name)
     except (OSError, ValueError, KeyError) as e:
@@ -207,12 +242,16 @@ def run_embedding(args, model, processor, kind, header, todo):
     journal, count = Journal(args.out, header), 0
     with tqdm(total=len(todo), unit="img" if kind == "image" else "text", file=sys.stderr,
               desc="embedding", dynamic_ncols=True) as bar:
-        for batch in batches(todo, args.batch_size):
-            ok, rows = embed_batch(model, processor, kind, batch)
-            if ok:
-                journal.append(ok, rows)
-                count += len(ok)
-            bar.update(len(batch))
+        MESSAGES.bar = bar
+        try:
+            for batch in batches(todo, args.batch_size):
+                ok, rows = embed_batch(model, processor, kind, batch)
+                if ok:
+                    journal.append(ok, rows)
+                    count += len(ok)
+                bar.update(len(batch))
+        finally:
+            MESSAGES.bar = None
     journal.close()
     return count
 
@@ -258,6 +297,7 @@ def cmd_parity(args):
 
 def cmd_tune(args):
     from . import autotune
+    show_library_messages()  # the kernels may compile first
     key = autotune.cache_key()
     path = autotune.cache_file(key)
     print(f"measuring on {key['cpu']} ({', '.join(key['isa'])}; Numba target {key['numba_cpu']}, "
@@ -275,6 +315,18 @@ def cmd_tune(args):
         print(f"{f'attention {job}':<24}{t['numba'] * 1e3:>10.2f}{t['blas'] * 1e3:>10.2f}")
     print(f"attention: {'the fused Numba kernel' if data['attention_numba'] else 'BLAS + Numba softmax'}")
     print(f"saved to {path}")
+
+
+def cmd_warmup(args):
+    from .kernels import warmup
+    show_library_messages()
+    start = time.perf_counter()
+    kernels, cache = warmup()
+    for name, status in kernels:
+        print(f"{status:9s} {name}")
+    compiled = sum(status == "compiled" for _, status in kernels)
+    print(f"{len(kernels)} Numba kernels ready for this CPU ({compiled} compiled now, in "
+          f"{time.perf_counter() - start:.1f} s), cached in {cache}")
 
 
 class Parser(argparse.ArgumentParser):
@@ -342,6 +394,12 @@ def build_parser():
                        "layer, how far apart they are. Needs torch and transformers.")
     add_arguments(p, model_help)
     p.set_defaults(run=cmd_parity)
+
+    p = sub.add_parser("warmup", help="compile the Numba kernels now, for later runs",
+                       description="Compile (once per CPU and version) every Numba kernel the other commands "
+                       "run, into Numba's disk cache (NUMBA_CACHE_DIR picks the directory), so no later run "
+                       "pays for it: for Docker images and CI.")
+    p.set_defaults(run=cmd_warmup)
     return parser
 
 

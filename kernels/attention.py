@@ -22,8 +22,9 @@ is written in [B, T, H, D] order, so merging the heads back is free (4 fewer [B,
 """
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
+from ._jit import MODEL, array, kernel
 from ._tile import JIT, MR, NR, dot_tile
 from .elementwise import _exp_row
 
@@ -135,7 +136,8 @@ def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, 
                     probs[r0 + i, j] = s[i, j] * inv_sum[i]
 
 
-@njit(parallel=True, **JIT)
+@kernel(array(4, "A"), array(4, "A"), array(4, "A"), array(2), types.float32, array(4, "A", readonly=False),
+        array(4, readonly=False), types.boolean, types.int64, cost=19, group=MODEL)
 def _attention(q, k, v, mask, scale, out, probs, want_probs, group):
     # q, out [B, H, Tq, D]; k, v [B, H, T, D]; mask [B, T] additive; probs [B, H, Tq, T] (a dummy unless
     # want_probs); group: (batch, head) pairs per task
@@ -179,5 +181,5 @@ def attention(q, k, v, mask, scale, return_probs=False):
     # Scratch is allocated per group of heads, not per head: with short sequences (16 tokens, 512 heads) nine
     # allocations per head cost as much as the maths. About 8 groups per thread keep the threads balanced.
     group = max(1, nb * nh // (8 * numba.get_num_threads()))
-    _attention(q, k, v, mask2, np.float32(scale), out, probs, return_probs, group)
+    _attention(q, k, v, mask2, np.float32(scale), out, probs, bool(return_probs), group)
     return out, (probs if return_probs else None)

@@ -11,8 +11,9 @@ The NumPy twins below compute the same formulas, so the tests compare like with 
 checked against math.erf in the tests.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
+from ._jit import MODEL, array, kernel
 from ._tile import JIT
 
 _LOG2E = np.float32(1.44269504088896341)
@@ -128,7 +129,8 @@ def softmax_row(x, out, scratch):  # x [n] -> out [n] = exp(x - max) / sum; out 
         out[j] *= inv
 
 
-@njit(parallel=True, **JIT)
+# warm=False: no backend runs it (layers.attention would, were attention not on its fused kernel)
+@kernel(array(2), array(2, readonly=False), types.float32, array(2), types.int64, cost=4, warm=False)
 def _softmax_rows(x, out, scale, mask, rows_per_mask):  # [R, n] -> [R, n]; mask [R / rows_per_mask, n] or [0, n]
     n = x.shape[1]
     for r in prange(x.shape[0]):
@@ -143,7 +145,7 @@ def _softmax_rows(x, out, scale, mask, rows_per_mask):  # [R, n] -> [R, n]; mask
         softmax_row(o, o, np.empty(n, np.float32))
 
 
-@njit(parallel=True, **JIT)
+@kernel(array(2), array(1), array(1), types.float32, array(2, readonly=False), cost=2, group=MODEL)
 def _layer_norm_rows(x, weight, bias, eps, out):  # [R, n], [n], [n] -> [R, n]; two passes, as the twin
     n = x.shape[1]
     for r in prange(x.shape[0]):
@@ -188,7 +190,7 @@ def epilogue_row(y, i, j0, j1, bias, act, residual, e, scratch):
             yr[j] += rr[j]
 
 
-@njit(parallel=True, **JIT)
+@kernel(array(2, readonly=False), array(1), types.int64, array(2), cost=5)
 def _bias_act_residual_rows(y, bias, act, residual):  # [R, n] in place, rows in parallel
     n = y.shape[1]
     for r in prange(y.shape[0]):

@@ -23,9 +23,10 @@ The maths is one line (`matmul_nt_numpy`); the Numba version is about where the 
 """
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange, types
 
-from ._tile import JIT, MR, NR, dot_tile, store_tile
+from ._jit import MODEL, array, kernel
+from ._tile import MR, NR, dot_tile, store_tile
 from .elementwise import ACT_NONE, _res, _vec, bias_act_residual_numpy, epilogue_row
 
 KC = 1024  # K per packed block: MR x KC of A (16 KiB) fits L1. 512 was 5-10% slower (more reductions per flop)
@@ -40,7 +41,8 @@ def matmul_nt_numpy(a, b, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N
     return bias_act_residual_numpy(a @ b.T, bias, act, residual)
 
 
-@njit(parallel=True, **JIT)
+@kernel(array(2), array(2), array(2, readonly=False), array(1), types.int64, array(2), types.int64, cost=9,
+        group=MODEL)
 def _matmul_nt(a, b, c, bias, act, residual, nc_block):  # [M, K], [N, K] -> c [M, N] (written)
     # then c = act(c + bias) + residual, with bias [N] or [0] and residual [M, N] or [0, 0] for none
     m, k_total = a.shape
@@ -83,6 +85,9 @@ def matmul_nt(a, b, out=None, bias=None, act=ACT_NONE, residual=None):  # [M, K]
     b = np.ascontiguousarray(b, dtype=np.float32)
     if out is None:
         out = np.empty((a.shape[0], b.shape[0]), np.float32)
+    elif out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != (a.shape[0], b.shape[0]):
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {(a.shape[0], b.shape[0])}, got "
+                         f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not C-contiguous)'}")
     nc_block = NC_SMALL if a.shape[0] <= SMALL_M else NC
     with numba.parallel_chunksize(1):  # dynamic scheduling: a thread on a busy core just takes fewer tasks
         _matmul_nt(a, b, out, _vec(bias), act, _res(residual, out.shape[1]), nc_block)

@@ -5,8 +5,11 @@ import math
 import numpy as np
 import pytest
 
+import altclip_np
 import altclip_np.kernels as K
+from altclip_np.kernels import _jit
 from altclip_np.kernels.attention import RB, SHORT
+from conftest import TINY_CONFIGS, images, text_batch
 from altclip_np.kernels.matmul import KC, MC, NC, NC_SMALL, SMALL_M
 
 RNG = np.random.default_rng(0)
@@ -163,3 +166,36 @@ def test_scaled_masked_softmax_in_place(b, h, t, s):
     assert out is not None and np.shares_memory(out, scores)
     close(out, ref, atol=1e-6)
     np.testing.assert_array_equal(out[0, ..., 0], 1.0)
+
+
+# ---- compilation -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend_name", ["auto", "numba"])
+def test_a_joint_forward_runs_one_signature_per_kernel(tiny, backend_name):
+    """Read-only memory-mapped weights, writable activations, strided and contiguous head views, with and
+    without a mask or probabilities: every call runs the kernel's one declared signature (before: the GEMM had
+    2 and attention 4 after one forward)."""
+    directory, _ = tiny["base"]
+    model = altclip_np.AltCLIPModel.from_pretrained(directory)
+    ids, mask = text_batch(TINY_CONFIGS["base"]["text_config"], seq=7)
+    before = altclip_np.get_backend()
+    altclip_np.set_backend(backend_name)
+    try:
+        vision = TINY_CONFIGS["base"]["vision_config"]
+        model(input_ids=ids, attention_mask=mask, pixel_values=images(vision), output_attentions=True)
+        model.encode_text(input_ids=ids, attention_mask=mask)  # last layer: one query row, C-contiguous
+        model.encode_image(pixel_values=images(vision, batch=1))
+    finally:
+        altclip_np.set_backend(before)
+    for name in ("_layer_norm_rows", "_matmul_nt", "_attention"):
+        assert _jit.KERNELS[name].dispatcher.signatures == [_jit.KERNELS[name].sig], name
+    assert all(len(k.dispatcher.signatures) <= 1 for k in _jit.KERNELS.values())
+
+
+def test_the_cache_key_covers_every_kernel_source(monkeypatch):
+    """An edit to any file of the package (e.g. _tile.py, inlined into matmul.py's kernel) misses the cache."""
+    k = _jit.KERNELS["_layer_norm_rows"]
+    K.layer_norm(randn(2, 3), randn(3), randn(3), 1e-5)  # compiled (or loaded) and so in the cache
+    assert k.cached()
+    monkeypatch.setattr(_jit, "SOURCES", "an edited " + _jit.SOURCES)
+    assert not k.cached()

@@ -305,8 +305,10 @@ PEAK_RSS = "\nprint(next(l for l in open('/proc/self/status') if l.startswith('V
 
 
 def first_result_section(reps, peers=()):
-    """Wall time of a fresh process (import, load, preprocess, one image x three labels) and its peak RSS;
-    for the `peers` also the seconds their sessions took to create (their cold start)."""
+    """Wall time of a fresh process (import, load, preprocess, one image x three labels) and its peak RSS; for
+    the `peers` also the seconds their sessions took to create (their cold start). And once with an empty Numba
+    cache (NUMBA_CACHE_DIR), so altclip_np compiles its kernels, as a first run after an install does
+    (transformers has nothing to compile: its cold run is one more run)."""
     from PIL import Image
 
     image = CACHE / "bench.png"
@@ -316,31 +318,44 @@ def first_result_section(reps, peers=()):
     prelude = (f"CKPT = {str(CKPT)!r}\nLABELS = {LABELS!r}\nTHREADS = {THREADS}\n"
                f"from PIL import Image\nIMAGE = Image.open({str(image)!r})\n")
     bodies = {**FIRST_RESULT, **{p: f"PEER = {p!r}\n" + bench_peers.FIRST_RESULT for p in peers}}
+
+    def first_result(name, env):  # -> (wall s, peak RSS GiB, logits[, session creation s])
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", prelude + bodies[name] + PEAK_RSS], capture_output=True,
+                              text=True, cwd=ROOT, env=env)
+        wall = time.perf_counter() - t
+        if proc.returncode:
+            raise RuntimeError(f"{name} first-result job failed:\n{proc.stderr[-2000:]}")
+        logits, peak_kib = proc.stdout.split("\n")[-3:-1]
+        session = [float(line.split()[1]) for line in proc.stdout.split("\n") if line.startswith("cold ")]
+        return (wall, int(peak_kib) / 2**20, logits, *session)
+
     results = {name: [] for name in bodies}
     for rep in range(reps + 1):  # the first round warms the page cache and Numba's cache
-        for name, body in bodies.items():
-            t = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", prelude + body + PEAK_RSS], capture_output=True,
-                                  text=True, cwd=ROOT, env=BASE_ENV)
-            wall = time.perf_counter() - t
-            if proc.returncode:
-                raise RuntimeError(f"{name} first-result job failed:\n{proc.stderr[-2000:]}")
-            logits, peak_kib = proc.stdout.split("\n")[-3:-1]
-            cold = [float(line.split()[1]) for line in proc.stdout.split("\n") if line.startswith("cold ")]
+        for name in bodies:
+            result = first_result(name, BASE_ENV)
             if rep:
-                results[name].append((wall, int(peak_kib) / 2**20, logits, *cold))
+                results[name].append(result)
+    with tempfile.TemporaryDirectory() as empty:
+        cold = {name: first_result(name, {**BASE_ENV, "NUMBA_CACHE_DIR": empty}) for name in FIRST_RESULT}
     med = {n: (np.median([r[0] for r in v]), np.median([r[1] for r in v]), v[-1][2],
                np.median([r[3] for r in v]) if len(v[0]) > 3 else None) for n, v in results.items()}
     a, b = med["altclip_np"], med["transformers"]
+    ca, cb = cold["altclip_np"], cold["transformers"]
     head = "".join(f" {bench_peers.NAMES[p]} |" for p in peers)
     cells = lambda i, fmt: "".join(f" {format(med[p][i], fmt)} |" for p in peers)  # noqa: E731
+    blank = " |" * len(peers)
     rows = [f"| process start to first zero-shot result | altclip_np | transformers | ratio |{head}",
             "|---|---|---|---|" + "---|" * len(peers),
             f"| wall time (s) | {a[0]:.2f} | {b[0]:.2f} | {a[0] / b[0]:.2f} |{cells(0, '.2f')}",
+            f"| cold wall time (s): empty Numba cache, one run | {ca[0]:.2f} | {cb[0]:.2f} | {ca[0] / cb[0]:.2f} |"
+            + blank,
             f"| peak RSS (GiB) | {a[1]:.2f} | {b[1]:.2f} | {a[1] / b[1]:.2f} |{cells(1, '.2f')}",
-            f"| logits_per_image | {a[2]} | {b[2]} | |{cells(2, '')}"]
+            f"| logits_per_image | {a[2]} | {b[2]} | |{cells(2, '')}",
+            f"| cold run's logits_per_image | {'same' if ca[2] == a[2] else 'DIFFERENT'} as warm | "
+            f"{'same' if cb[2] == b[2] else 'DIFFERENT'} | |" + blank]
     if peers:  # (the peers preprocess with transformers' processor, as their users would)
-        rows.insert(4, "| of which session creation / compile_model (s) | | | |" + cells(3, ".2f"))
+        rows.insert(3, "| of which session creation / compile_model (s) | | | |" + cells(3, ".2f"))
     return rows
 
 
@@ -382,7 +397,9 @@ def main(argv=None):
     if args.worker:
         return worker(args.worker)
     start = time.perf_counter()
-    import altclip_np.kernels  # noqa: F401  (compiles or loads the cached kernels before anything is timed)
+    import altclip_np.kernels
+    altclip_np.runtime.tune_process()  # as the altclip-np command runs (OpenMP's wait policy before Numba's threads)
+    altclip_np.kernels.warmup()  # compiles or loads the cached kernels before anything is timed
     from altclip_np import get_backend
 
     print(f"# altclip_np bench: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
