@@ -1,6 +1,7 @@
 """altclip_np against transformers + torch at the real BAAI/AltCLIP sizes, on this machine, in one run.
 
     python tools/bench.py [--threads 2] [--reps 5] [--quick]
+    python tools/bench.py --gemm-ladder   # each step of kernels/gemm_ladder.py (tools/gemm_ladder_bench.py)
 
 The checkpoint (ViT-L/14 at 224 + XLM-R large, 864M random parameters, 3.2 GiB of safetensors) is made once
 with transformers' `AltCLIPModel(config).save_pretrained` and cached under ~/.cache/altclip-np-bench, with a
@@ -311,10 +312,15 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=5, help="timed runs per measurement (default 5)")
     parser.add_argument("--quick", action="store_true", help="kernels plus two model jobs, one first-result run")
     parser.add_argument("--skip-model", action="store_true", help="only the GEMM and attention kernels")
+    parser.add_argument("--gemm-ladder", action="store_true", help="only the GEMM ladder's steps, in GFLOP/s")
     parser.add_argument("--worker", choices=("ours", "encode", "theirs"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker)
+    if args.gemm_ladder:
+        from gemm_ladder_bench import ladder_section
+        print("\n".join(ladder_section(args.reps, THREADS)))
+        return
     start = time.perf_counter()
     import altclip_np.kernels  # noqa: F401  (compiles or loads the cached kernels before anything is timed)
     from altclip_np import get_backend
