@@ -157,7 +157,7 @@ def pack_b(b, j0, nc, k0, kc, bp):  # B[j0:j0+nc, k0:k0+kc] -> bp [nc/NR, KC, NR
     for q in range((nc + NR - 1) // NR):
         for r in range(NR):
             if q * NR + r < nc:
-                bp[q, :kc, r] = b[j0 + q * NR + r, k0:k0 + kc]  # contiguous reads; strided writes stay in L1
+                bp[q, :kc, r] = b[j0 + q * NR + r, k0:k0 + kc]  # contiguous reads, strided writes
             else:
                 bp[q, :kc, r] = 0.0
 
@@ -189,13 +189,13 @@ def blis_block(a, b, c, m0, m1, n0, n1):  # c[m0:m1, n0:n1] = a[m0:m1] @ b[n0:n1
     bp = np.empty(((min(NC, n1 - n0) + NR - 1) // NR, KC, NR), np.float32)
     for j0 in range(n0, n1, NC):  # loop 5: a panel of NC columns of C
         nc = min(NC, n1 - j0)
-        for k0 in range(0, k_total, KC):  # loop 4: KC of K at a time; pack B's KC x NC panel (-> L3)
+        for k0 in range(0, k_total, KC):  # loop 4: KC of K at a time; pack B's KC x NC panel (L3)
             kc = min(KC, k_total - k0)
             pack_b(b, j0, nc, k0, kc, bp)
-            for i0 in range(m0, m1, MC):  # loop 3: pack A's MC x KC block (-> L2)
+            for i0 in range(m0, m1, MC):  # loop 3: pack A's MC x KC block (L2 / L3)
                 mc = min(MC, m1 - i0)
                 pack_a(a, i0, mc, k0, kc, ap)
-                for q in range((nc + NR - 1) // NR):  # loop 2: one B micro-panel (-> L1) ...
+                for q in range((nc + NR - 1) // NR):  # loop 2: one B micro-panel (L1 / L2) ...
                     for p in range((mc + MR - 1) // MR):  # loop 1: ... against every A micro-panel
                         micro_kernel(ap[p], bp[q], kc, c, i0 + p * MR, j0 + q * NR, m1, j0 + nc, k0 > 0)
 
@@ -207,9 +207,10 @@ def gemm_blis(a, b, c):  # [M, K], [N, K] -> c [M, N]
     vectors of B, and adds their MR x NR product to accumulators that stay in registers for all KC steps, so
     C's tile is read and written once per KC, and nothing is reduced horizontally. Packing puts the operands in
     the order the micro-kernel reads them (k-major MR-row panels of A, NR-column panels of B, zero-padded),
-    so its loads are contiguous and it never handles an edge. The blocking keeps each packed buffer in the
-    cache level it is reused from: B's KC x NR micro-panel in L1 (reused by all MC / MR micro-kernels of
-    loop 1), A's MC x KC block in L2 (reused by every micro-panel of B), B's KC x NC panel in L3."""
+    so its loads are contiguous and it never handles an edge. The blocking sizes each packed buffer for the
+    cache level it is reused from: in the textbook B's KC x NR micro-panel in L1 (reused by all MC / MR
+    micro-kernels of loop 1), A's MC x KC block in L2 (reused by every micro-panel of B), B's KC x NC panel
+    in L3; here a longer KC measured faster (see KC above), so B's micro-panel is reused from L2."""
     blis_block(a, b, c, 0, a.shape[0], 0, b.shape[0])
 
 
