@@ -1,6 +1,7 @@
 """altclip_np against transformers + torch at the real BAAI/AltCLIP sizes, on this machine, in one run.
 
     python tools/bench.py [--threads 2] [--reps 5] [--quick] [--checkpoint DIR]
+    python tools/bench.py --gemm-ladder   # each step of kernels/gemm_ladder.py (tools/gemm_ladder_bench.py)
 
 The checkpoint (ViT-L/14 at 224 + XLM-R large, 864M random parameters, 3.2 GiB of safetensors) is made once
 with transformers' `AltCLIPModel(config).save_pretrained` and cached under ~/.cache/altclip-np-bench, with a
@@ -392,10 +393,15 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="kernels plus two model jobs, one first-result run")
     parser.add_argument("--skip-model", action="store_true", help="only the GEMM and attention kernels")
     parser.add_argument("--checkpoint", help="run the model sections on this checkpoint directory instead")
+    parser.add_argument("--gemm-ladder", action="store_true", help="only the GEMM ladder's steps, in GFLOP/s")
     parser.add_argument("--worker", choices=("ours", "encode", "theirs", *bench_peers.PEERS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker)
+    if args.gemm_ladder:
+        from gemm_ladder_bench import ladder_section
+        print("\n".join(ladder_section(args.reps, THREADS)))
+        return
     start = time.perf_counter()
     import altclip_np.kernels
     altclip_np.runtime.tune_process()  # as the altclip-np command runs (OpenMP's wait policy before Numba's threads)
