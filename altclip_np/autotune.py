@@ -45,10 +45,11 @@ def cache_key():
     import numba
 
     from . import __version__
+    from .kernels._tile import target_has_avx512
     features = llvm.get_host_cpu_features()
     target = numba.config.CPU_NAME or llvm.get_host_cpu_name()  # NUMBA_CPU_NAME compiles for another CPU
     return {"cpu": _cpu_model(), "isa": [f for f in ISA_FLAGS if features.get(f)], "numba_cpu": target,
-            "numba_avx512": bool(features.get("avx512f")) and _has_avx512(target, numba.config.CPU_FEATURES),
+            "numba_avx512": target_has_avx512(), "numba_features": numba.config.CPU_FEATURES,
             "numba_threads": numba.get_num_threads(),
             "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "",
             "altclip_np": __version__, "numpy": np.__version__}
@@ -160,17 +161,6 @@ def _median_interleaved(sides, reps):
             f()
             times[name].append(time.perf_counter() - start)
     return {name: float(np.median(ts)) for name, ts in times.items()}
-
-
-AVX512_TARGETS = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake", "tigerlake", "rocketlake",
-                  "sapphirerapids", "graniterapids", "emeraldrapids", "znver4", "znver5", "x86-64-v4")
-
-
-def _has_avx512(target, features):  # does Numba's target CPU (host, or NUMBA_CPU_NAME) have AVX-512?
-    import llvmlite.binding as llvm
-    if target == llvm.get_host_cpu_name() and not features:
-        return True
-    return "+avx512f" in (features or "") or target.startswith(AVX512_TARGETS)
 
 
 def _cpu_model():

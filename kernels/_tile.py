@@ -6,6 +6,8 @@ as 16 dot products: per step of k it loads 4 values of A and 4 of B and does 16 
 accumulators in registers; that is what makes it fast. The tile size is fixed here, not a runtime value,
 because LLVM only vectorises loops whose body it can see in full.
 """
+import llvmlite.binding as llvm
+import numba
 import numpy as np
 from numba import njit
 
@@ -18,6 +20,15 @@ NR = 4  # rows of B (columns of C) per tile
 # (erf's p / q, quick_gelu's x / (1 + e)) from vectorising: gelu measured 3.1 -> 0.31 ns per element.
 FAST = {"reassoc", "contract", "nsz", "arcp", "afn"}
 JIT = {"fastmath": FAST, "error_model": "numpy", "cache": True}  # every kernel's Numba options
+
+
+def target_has_avx512():
+    """Does Numba compile for AVX-512? It takes NUMBA_CPU_FEATURES if set, else the host's features, whatever
+    NUMBA_CPU_NAME says: on an AVX-512 host, AVX2 code needs NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=""."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
+    return "+avx512f" in features.split(",")
 
 
 @njit(inline="always", **JIT)

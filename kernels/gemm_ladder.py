@@ -12,16 +12,14 @@ with two FMA pipes (Zen 4: 2 x 256-bit, so one 16-float zmm FMA or two 8-float y
 
 The fast GEMM the model uses is `matmul.matmul_nt`: step 3's tile with packed, blocked and parallel loops.
 """
-import llvmlite.binding as llvm
 import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# The kernels' options (as `_tile.JIT`): reassociation lets LLVM reorder sums, and so vectorise them
-FAST = {"reassoc", "contract", "nsz", "arcp", "afn"}
-OPTS = {"fastmath": FAST, "error_model": "numpy", "cache": True}
+from ._tile import JIT as OPTS  # the kernels' options: reassociation lets LLVM reorder sums, so vectorise them
+from ._tile import target_has_avx512
 
 
 def gemm_numpy(a, b):  # [M, K], [N, K] -> [M, N]
@@ -116,13 +114,6 @@ def gemm_dot_tile(a, b, c):  # [M, K], [N, K] -> c [M, N]
 
 # ---- 4. BLIS: packed micro-panels, outer-product micro-kernel, cache blocking ------------------------------
 
-def _numba_target_has_avx512():  # the ISA Numba compiles for: NUMBA_CPU_FEATURES if set, else the host's
-    features = numba.config.CPU_FEATURES
-    if features is None:
-        features = llvm.get_host_cpu_features().flatten()
-    return "+avx512f" in features.split(",")
-
-
 # Registers live in the micro-kernel's loop: MR x NR / lanes accumulators, the NR / lanes vectors of B, and
 # the broadcast A values (LLVM hoists all MR broadcasts of a k step). Spill-free in the compiled loop
 # (`inspect_asm`: no stack access between the FMAs), and the fastest of those measured (one thread):
@@ -130,7 +121,7 @@ def _numba_target_has_avx512():  # the ISA Numba compiles for: NUMBA_CPU_FEATURE
 #   spill-free, within 5% of it; 12 x 32 and 14 x 32 spill).
 #   AVX2, 16 ymm of 8 floats: 3 x 32 = 12 acc + 3 A + 1 B (loaded one vector at a time) = 16 ymm. The classic
 #   hand-scheduled 6 x 16 (12 acc + 2 B + 1 A) spills here, as LLVM keeps its 6 broadcasts live: half the speed.
-MR, NR = (10, 32) if _numba_target_has_avx512() else (3, 32)
+MR, NR = (10, 32) if target_has_avx512() else (3, 32)
 # The textbook sizes: B's KC x NR micro-panel in L1 (32 KiB), A's MC x KC block in L2 (1 MiB), B's KC x NC
 # panel in L3. Measured here (AVX-512, 6 x 32 tile, 257 x 1024 x 1024, one thread, CPU time): KC = 128, 256,
 # 512, 1024 gave 57, 62, 70, 74 GFLOP/s, because each micro-kernel call ends with an MR x NR read-add-write

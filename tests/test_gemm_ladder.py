@@ -74,7 +74,7 @@ for m, k, n in [(1, 1, 1), (7, 1, 9), (13, 70, 45), (L.MC + 7, 33, 2 * L.NR + 3)
         worst = max(worst, float(np.abs(c - a @ b.T).max()))
 L.blis_block(a, b, c, 0, 1, 0, 1)
 asm = L.blis_block.inspect_asm(L.blis_block.signatures[0])
-print(json.dumps({"avx512": L._numba_target_has_avx512(), "tile": [L.MR, L.NR], "worst": worst, "asm": asm}))
+print(json.dumps({"avx512": L.target_has_avx512(), "tile": [L.MR, L.NR], "worst": worst, "asm": asm}))
 """
 
 

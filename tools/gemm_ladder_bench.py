@@ -24,7 +24,7 @@ def target():  # what Numba compiles for, and the BLIS tile it picked
     import llvmlite.binding as llvm
 
     cpu = numba.config.CPU_NAME or llvm.get_host_cpu_name()
-    isa = "AVX-512" if L._numba_target_has_avx512() else "AVX2"
+    isa = "AVX-512" if L.target_has_avx512() else "AVX2"
     return f"Numba target {cpu} ({isa}), BLIS tile MR x NR = {L.MR} x {L.NR}, KC {L.KC}, MC {L.MC}, NC {L.NC}"
 
 
