@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 
 
+MAX_LAYERS = 1024  # BAAI/AltCLIP has 24 + 24
+
+
 class _Config:
     model_type = ""
     defaults = {}
@@ -22,6 +25,8 @@ class _Config:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{type(self).__name__}.{key} must be a positive integer, got {str(value)[:50]}")
+        if self.num_hidden_layers > MAX_LAYERS:  # the key list of the weights grows with it
+            raise ValueError(f"{type(self).__name__}.num_hidden_layers is {self.num_hidden_layers}, more than {MAX_LAYERS}")
         eps = self.layer_norm_eps
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 <= eps < 1:
             raise ValueError(f"{type(self).__name__}.layer_norm_eps must be a number in [0, 1), got {str(eps)[:50]}")

@@ -171,10 +171,14 @@ class CLIPImageProcessor:
         return _pil_resize(image, new_h, new_w, self.resample)
 
 
+class ImageTooLargeError(ValueError):
+    """An image has more pixels than MAX_IMAGE_PIXELS (or Pillow's own decompression-bomb bound)."""
+
+
 def _check_pixels(image, what, max_pixels=None):
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if image.width * image.height > limit:
-        raise ValueError(f"refusing to decode {what}: {image.width} x {image.height} = {image.width * image.height} "
+        raise ImageTooLargeError(f"refusing to decode {what}: {image.width} x {image.height} = {image.width * image.height} "
                          f"pixels, more than altclip_np.image_processing.MAX_IMAGE_PIXELS = {limit}")
 
 
@@ -188,8 +192,10 @@ def load_image(path, max_pixels=None):
             _check_pixels(image, path, max_pixels)
             image = ImageOps.exif_transpose(image)
             image = image.convert("RGB")  # forces the full decode, so truncated files fail here
+    except ImageTooLargeError:
+        raise
     except Image.DecompressionBombError as err:
-        raise ValueError(f"refusing to decode {path}: {err}") from err
+        raise ImageTooLargeError(f"refusing to decode {path}: {err}") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise OSError(f"cannot read image file {path}: {err}") from err
     return image

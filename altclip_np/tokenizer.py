@@ -28,7 +28,7 @@ import sentencepiece as spm
 
 from .charsmap import CharsMap
 from .config import read_json
-from .graphemes import iter_graphemes
+from .graphemes import _gcb, iter_graphemes
 
 VOCAB_FILE = "sentencepiece.bpe.model"
 CONFIG_FILE = "tokenizer_config.json"
@@ -39,6 +39,10 @@ UNK_PENALTY = 10.0  # unknown characters score min_score - 10, as in SentencePie
 _WHITESPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
                         + "".join(map(chr, range(0x2000, 0x200B))))
 _SPACE_MARK = "\u2581"
+# Characters that may be squeezed out of long runs (see _squeeze): whitespace but CR (which pairs with LF into
+# one grapheme), C0/C1 controls and a few invisible format characters, each always a grapheme of its own.
+_SQUEEZABLE = (_WHITESPACE - {"\r"}) | {chr(i) for i in (*range(0x20), *range(0x7F, 0xA0)) if i != 0x0D} \
+    | set("\u00ad\u200b\u2060\u2061\u2062\u2063\u2064\ufeff")
 
 
 class BatchEncoding(dict):
@@ -93,6 +97,23 @@ class XLMRobertaTokenizer:
         # takes the whitespace before it in _encode: `\s*<mask>` in the pattern backtracks quadratically.)
         names = sorted(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], key=len, reverse=True)
         self._special_re = re.compile("|".join(map(re.escape, names)))
+        self._build_squeeze()
+
+    def _build_squeeze(self):
+        """Runs of blank characters (each its own grapheme, normalized to whitespace or to nothing) affect the
+        tokens only through "is there whitespace in the run": the middle of such a run can be replaced by one
+        character with the same effect, in C (re.sub), so a megabyte of spaces costs nothing in Python.
+        The first and last characters of the run stay: they may join the graphemes next to the run."""
+        def output(c):
+            mapped = self.charsmap.lookup(c)
+            return c if mapped is None else mapped
+
+        def blank(text):
+            return all(x in _WHITESPACE for x in text)
+        chars = sorted(c for c in _SQUEEZABLE if blank(output(c)) and (c in _WHITESPACE or _gcb(c) in ("Control", "LF")))
+        self._silent = {c for c in chars if output(c) == ""}
+        self._space_blank = bool(output(" ")) and blank(output(" ")) and " " in chars
+        self._run_re = re.compile("[" + "".join(map(re.escape, chars)) + "]{3,}") if chars else None
 
     # ---- loading and saving -------------------------------------------------------------------------------
 
@@ -171,7 +192,7 @@ class XLMRobertaTokenizer:
         """Normalize, split on whitespace, "▁" before each word, split before every "▁" (Metaspace), and
         segment each piece, one character at a time."""
         lattice = None  # the piece being read; None between words
-        for chunk in self._normalized(span):
+        for chunk in self._normalized(self._squeeze(span)):
             for c in chunk:
                 if c in _WHITESPACE:
                     if lattice is not None:
@@ -190,6 +211,18 @@ class XLMRobertaTokenizer:
                     yield from final
         if lattice is not None:
             yield from lattice.finish()
+
+    def _squeeze(self, span):
+        if self._run_re is None:
+            return span
+
+        def shorter(match):
+            run = match.group()
+            middle = run[1:-1]
+            if all(c in self._silent for c in middle):  # normalizes to nothing: one such character does the same
+                return run[0] + middle[0] + run[-1]
+            return run[0] + " " + run[-1] if self._space_blank else run  # some whitespace: one space does the same
+        return self._run_re.sub(shorter, span)
 
     def normalize(self, text):
         """tokenizers' `Precompiled` normalizer, which differs from SentencePiece's own on combining sequences.

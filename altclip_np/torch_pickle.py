@@ -263,8 +263,13 @@ class _Archive:
         if self.decompressed + nbytes > self.budget + _SLACK:
             raise CheckpointError(f"{self.path}: reading storage {key[:100]} would decompress {nbytes} bytes, "
                                   f"beyond the {self.budget} bytes of the tensors read (+{_SLACK} slack)")
-        with self.zip.open(info) as f:
-            data = f.read(nbytes)
+        data = bytearray()
+        with self.zip.open(info) as f:  # in chunks: memory follows the data really there, not the claim
+            while len(data) < nbytes:
+                chunk = f.read(min(16 << 20, nbytes - len(data)))
+                if not chunk:
+                    break
+                data += chunk
         if len(data) != nbytes:
             raise CheckpointError(f"{self.path}: compressed storage {key[:100]} ends after {len(data)} bytes "
                                   f"of the {nbytes} its tensors need")
