@@ -319,6 +319,8 @@ def _open_zip(path):
 
 
 def _reraise(path, e, what):
+    if isinstance(e, MemoryError):  # not the file's fault (and must not pass for a corrupt file in fuzzing)
+        raise e
     if isinstance(e, CheckpointError):
         raise (e if str(path) in str(e) else type(e)(f"{path}: {e}")) from e
     # a malformed pickle or zip record (any opcode error, bad CRC, encryption...) is a corrupt file
@@ -357,9 +359,6 @@ class TorchCheckpoint:
             return tensor.read()
         except Exception as e:
             _reraise(self.path, e, f"cannot read tensor {key[:100]}")
-
-    def close(self):
-        self._archive.zip.close()
 
 
 class _ShardedCheckpoint:
