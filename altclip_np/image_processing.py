@@ -4,6 +4,7 @@ Steps, each as transformers' PIL backend does them: load (paths: EXIF transpose,
 RGB (alpha composited onto white), resize the shortest edge with Pillow (output long edge truncated with `int()`),
 center crop (zero padding when too small), rescale by 1/255 in float64 then float32, normalize in float32.
 """
+import io
 import json
 import os
 from pathlib import Path
@@ -182,13 +183,25 @@ def _check_pixels(image, what, max_pixels=None):
                          f"pixels, more than altclip_np.image_processing.MAX_IMAGE_PIXELS = {limit}")
 
 
+class _CappedFile(io.BufferedReader):
+    """A file whose reads never ask for more than it holds: Pillow reads chunk lengths from the file (a PNG
+    chunk may claim 2 GiB), and a buffered read allocates the size asked for before reading."""
+
+    def read(self, size=-1):
+        if size is not None and size > 0:
+            size = min(size, max(os.fstat(self.fileno()).st_size - self.tell(), 0))
+            if size == 0:
+                return b""
+        return super().read(size)
+
+
 def load_image(path, max_pixels=None):
     """Open an image file as transformers' `load_image` does: EXIF transpose, then RGB.
 
     Its size is read from the header first: more than `max_pixels` (default MAX_IMAGE_PIXELS) -> ValueError,
     nothing decoded."""
     try:
-        with Image.open(path) as image:  # reads the header only
+        with _CappedFile(io.FileIO(path)) as f, Image.open(f) as image:  # reads the header only
             _check_pixels(image, path, max_pixels)
             image = ImageOps.exif_transpose(image)
             image = image.convert("RGB")  # forces the full decode, so truncated files fail here

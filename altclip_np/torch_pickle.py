@@ -14,6 +14,7 @@ storage is decompressed only as far as the tensors asked for reach, within a bud
 import io
 import mmap
 import pickle
+import pickletools
 import reprlib
 import struct
 import zipfile
@@ -341,6 +342,10 @@ class TorchCheckpoint:
             zf.close()
             _reraise(self.path, e, "cannot read data.pkl or byteorder")
         try:
+            # Walk the opcodes first: CPython's unpickler allocates a counted bytes object (BINBYTES...) at the
+            # size the pickle claims before reading it; genops checks each such length against the data.
+            for _ in pickletools.genops(data):
+                pass
             obj = _RestrictedUnpickler(io.BytesIO(data), self._archive, self.path).load()
         except Exception as e:
             zf.close()

@@ -22,6 +22,7 @@ import json
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -586,11 +587,16 @@ TARGETS = {"safetensors": Safetensors, "torch": Torch, "config": Config, "prepro
            "tokenizer_files": TokenizerFiles, "charsmap": Charsmap, "text": Text, "image": Image}
 
 
-def address_space():
+def status(field):  # bytes, from /proc/self/status (VmSize: address space, VmRSS / VmHWM: resident, peak)
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise OSError("no VmSize in /proc/self/status")
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss():  # Linux: "5" resets VmHWM to the current VmRSS
+    Path("/proc/self/clear_refs").write_text("5")
+    return status("VmRSS")
 
 
 def fuzz(name, examples, random_seed=None):
@@ -602,14 +608,14 @@ def fuzz(name, examples, random_seed=None):
         count = {"inputs": 0, "errors": 0}
         signal.signal(signal.SIGALRM, _watchdog)
         warnings.simplefilter("ignore")  # Pillow's and NumPy's warnings about broken inputs: expected here
-        limit = address_space() + HEADROOM
+        limit = status("VmSize") + HEADROOM
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss_before = reset_peak_rss()
 
         def one(input_seed):
             example = target.generate(random.Random(input_seed))
             count["inputs"] += 1
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            rss = reset_peak_rss()
             signal.setitimer(signal.ITIMER_REAL, 4 * DEADLINE_MS / 1000)
             try:
                 target.run(example)
@@ -618,9 +624,9 @@ def fuzz(name, examples, random_seed=None):
                 count["errors"] += 1
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-                grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
-                if grew > count.get("max_step_kib", 0):
-                    count["max_step_kib"], count["max_step_input"] = grew, input_seed
+                grew = status("VmHWM") - rss
+                if grew > count.get("max_step", 0):
+                    count["max_step"], count["max_step_input"] = grew, input_seed
             assert not marker.exists(), "a payload created the marker file"
 
         test = settings(max_examples=examples, deadline=DEADLINE_MS, database=None,
@@ -632,9 +638,9 @@ def fuzz(name, examples, random_seed=None):
         test()
         return {"target": name, "inputs": count["inputs"], "errors": count["errors"],
                 "seconds": round(time.perf_counter() - start, 1),
-                "max_rss_growth_mib": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1),
+                "rss_growth_mib": round((status("VmRSS") - rss_before) / 2**20, 1),
                 "address_space_limit_mib": round(limit / 2**20),
-                "largest_rss_step_mib": round(count.get("max_step_kib", 0) / 1024, 1),
+                "largest_input_peak_rss_mib": round(count.get("max_step", 0) / 2**20, 1),
                 **({"largest_step_input": count["max_step_input"]} if os.environ.get("FUZZ_VERBOSE") else {})}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -671,8 +677,18 @@ def main(argv=None):
         for name in args.targets:
             print(f"{name} {args.replay}: {replay(name, args.replay)!r}"[:2000])
         return
-    for name in args.targets or TARGETS:
-        print(json.dumps(fuzz(name, args.examples or DEFAULT_EXAMPLES[name], args.seed)), flush=True)
+    names = args.targets or list(TARGETS)
+    if len(names) == 1:
+        print(json.dumps(fuzz(names[0], args.examples or DEFAULT_EXAMPLES[names[0]], args.seed)), flush=True)
+        return
+    failed = []
+    for name in names:  # each in a fresh process: the address-space cap is per process, and set after setup
+        extra = [*(["--examples", str(args.examples)] if args.examples else []), *(["--seed", str(args.seed)]
+                                                                                  if args.seed is not None else [])]
+        if subprocess.run([sys.executable, __file__, name, *extra]).returncode:
+            failed.append(name)
+    if failed:
+        sys.exit(f"fuzz targets failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

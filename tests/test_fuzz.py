@@ -4,7 +4,7 @@ the same ~12,000 inputs every time (~2 minutes in all on a shared 2-core machine
 
 A longer run: ALTCLIP_FUZZ_EXAMPLES=100000 python -m pytest tests/test_fuzz.py  (or fuzz_targets.py itself,
 with --seed for new inputs). Each test prints the target's report: inputs run, how many ended in the
-documented error, peak RSS growth, the largest single-input RSS step.
+documented error, RSS growth over the run, the largest peak-RSS rise of one input.
 """
 import json
 import os
@@ -30,4 +30,4 @@ def test_fuzz_target(name, record_property):
     print(report)
     record_property("fuzz", report)
     assert report["target"] == name and report["inputs"] >= examples * 0.9  # hypothesis skips a few duplicates
-    assert report["max_rss_growth_mib"] < 256
+    assert report["largest_input_peak_rss_mib"] < 256

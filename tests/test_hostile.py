@@ -31,8 +31,8 @@ import altclip_np
 from altclip_np import torch_pickle
 from altclip_np.image_processing import load_image
 from altclip_np.tokenizer import XLMRobertaTokenizer
-def address_space():
-    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize:"))
+def status(field):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(field + ":"))
 def outcome(fn):
     try:
         value = fn()
@@ -43,16 +43,17 @@ def outcome(fn):
         return {"ok": False, "error": type(e).__name__, "message": str(e),
                 "bases": [c.__name__ for c in type(e).__mro__]}
 SETUP
-resource.setrlimit(resource.RLIMIT_AS, (address_space() + HEADROOM, resource.RLIM_INFINITY))
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+resource.setrlimit(resource.RLIMIT_AS, (status("VmSize") + HEADROOM, resource.RLIM_INFINITY))
+open("/proc/self/clear_refs", "w").write("5")  # peak RSS := current RSS
+rss = status("VmRSS")
 results = BODY
-results = {"results": results, "rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024}
+results = {"results": results, "rss_growth_mib": (status("VmHWM") - rss) / 2**20}
 print(json.dumps(results))
 """
 
 
 def run_limited(body, setup="", args=(), timeout=120):
-    """Run `body` (an expression giving a JSON-able value) under the cap; -> its value and the RSS growth."""
+    """Run `body` (an expression giving a JSON-able value) under the cap; -> its value and its peak-RSS rise."""
     code = LIMITED.replace("SETUP", setup).replace("BODY", body).replace("HEADROOM", str(HEADROOM))
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, "OPENBLAS_NUM_THREADS": "1",
@@ -139,7 +140,7 @@ def test_stride_zero_tensor(tiny_state, tmp_path):
         assert r["error"] == "CheckpointError" and "ValueError" in r["bases"], r
         assert "overlapping strides" in r["message"] and "expand-like tensors are refused" in r["message"]
     assert model["error"] == "ValueError" and f"{WORD}: expected [120, 32], found [200000, 200000]" in model["message"]
-    print(f"RSS growth {grew:.1f} MiB")
+    print(f"peak RSS rise {grew:.1f} MiB")
 
 
 # ---- a 2 GB numel in a compressed storage ----
@@ -173,7 +174,7 @@ def test_two_gigabyte_compressed_storage(tiny_state, tmp_path):
     assert prefix["ok"] and prefix["value"] == [[0, 1, 2], [32, 33, 34]]
     assert far["error"] == "CheckpointError" and "would decompress 2147483648 bytes" in far["message"]
     assert whole["error"] == "CheckpointError" and "ends after 16777216 bytes" in whole["message"]
-    print(f"RSS growth {grew:.1f} MiB")
+    print(f"peak RSS rise {grew:.1f} MiB")
 
 
 # ---- BUILD on a rebuild function ----
@@ -241,7 +242,7 @@ def test_ten_megabyte_line(sp_dir, tmp_path):
     for name in bases:
         assert results[name]["ok"] and results[name]["value"] == want[name], name
         assert len(want[name]) == 512
-    print(f"RSS growth {grew:.1f} MiB")
+    print(f"peak RSS rise {grew:.1f} MiB")
 
 
 def test_long_lines_match_transformers(sp_dir):
@@ -292,7 +293,7 @@ def test_hundred_gigapixel_png(tmp_path):
         assert r["error"] == "ImageTooLargeError" and "ValueError" in r["bases"] and "refusing to decode" in r["message"], r
     assert "100000 x 1000000 = 100000000000 pixels" in ours["message"] and "MAX_IMAGE_PIXELS" in ours["message"]
     assert exact["ok"] and exact["value"] == [300, 200]
-    print(f"RSS growth {grew:.1f} MiB")
+    print(f"peak RSS rise {grew:.1f} MiB")
 
 
 def test_pixel_bound_is_configurable(tmp_path, monkeypatch):
@@ -433,3 +434,34 @@ def test_unused_tensors_are_never_read(tiny_state, tmp_path):
     model = altclip_np.AltCLIPModel.from_pretrained(d2)  # ...but an aliasing tensor nobody asks for is ignored
     ref = altclip_np.AltCLIPModel.from_pretrained(src)
     assert all(np.array_equal(model.weights[k], ref.weights[k]) for k in ref.weights)
+
+
+# ---- found by fuzzing ----
+
+def test_pickle_claiming_huge_bytes(tmp_path):
+    """torch target: a BINBYTES opcode claiming 1.9 GB in a 300-byte data.pkl. CPython's unpickler allocates
+    the claimed size before reading (a MemoryError under the cap); the opcodes are now walked first."""
+    path = tmp_path / "pytorch_model.bin"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}X\x01\x00\x00\x00wB" + (1903437169).to_bytes(4, "little") + b"x" * 200)
+    results, _ = run_limited("[outcome(lambda: torch_pickle.load_torch_checkpoint(sys.argv[1]))]", args=(path,))
+    assert results[0]["error"] == "CheckpointError" and "corrupt data.pkl" in results[0]["message"], results
+
+
+def test_png_chunk_claiming_two_gigabytes(tmp_path):
+    """image target: a 12 x 9 PNG whose IDAT chunk claims 2 GiB. Pillow reads the claimed length at the end of
+    decoding, and a file read allocates what is asked: a MemoryError under the cap with Pillow alone, not with
+    load_image (its file never hands out more than it holds)."""
+    from PIL import Image
+    buf = __import__("io").BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 9, 3), dtype=np.uint8)).save(buf, "PNG")
+    png = bytearray(buf.getvalue())
+    at = png.index(b"IDAT") - 4
+    png[at:at + 4] = (0x7FFFFF00).to_bytes(4, "big")
+    path = tmp_path / "lying.png"
+    path.write_bytes(bytes(png))
+    results, _ = run_limited("[outcome(lambda: PIL.Image.open(sys.argv[1]).convert('RGB') and None), "
+                             " outcome(lambda: load_image(sys.argv[1]).size)]", setup="import PIL.Image", args=(path,))
+    pillow, ours = results
+    assert pillow["ok"] or pillow["error"] == "MemoryError"  # MemoryError here with Pillow 12 on CPython 3.11
+    assert ours["ok"] and ours["value"] == [9, 12]
