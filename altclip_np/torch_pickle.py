@@ -14,7 +14,6 @@ storage is decompressed only as far as the tensors asked for reach, within a bud
 import io
 import mmap
 import pickle
-import pickletools
 import reprlib
 import struct
 import zipfile
@@ -43,9 +42,10 @@ _STORAGE_DTYPES = {
     "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
     "BoolStorage": np.bool_, "UntypedStorage": np.uint8,
 }
-# data.pkl only names tensors (~200 bytes each: 0.2 MB for BAAI/AltCLIP); its opcodes can build objects ~30x
-# their size, so this also bounds what unpickling can allocate.
-_MAX_PICKLE_BYTES = 4 << 20
+# data.pkl only names tensors (~150 bytes each: 0.15 MB for BAAI/AltCLIP's ~1000; 768 KiB holds ~5000). Its
+# opcodes can build objects up to ~240x their size (one-byte EMPTY_SET), so this also bounds what unpickling
+# allocates: ~185 MiB.
+_MAX_PICKLE_BYTES = 768 << 10
 _MAX_NDIM = 32  # NumPy allows 64; no weight has more than a handful
 _SLACK = 64 << 20  # decompressed bytes allowed beyond the size of the tensors read (storage gaps, shared storages)
 _repr = reprlib.Repr()  # a hostile value in a message stays short
@@ -342,11 +342,11 @@ class TorchCheckpoint:
             zf.close()
             _reraise(self.path, e, "cannot read data.pkl or byteorder")
         try:
-            # Walk the opcodes first: CPython's unpickler allocates a counted bytes object (BINBYTES...) at the
-            # size the pickle claims before reading it; genops checks each such length against the data.
-            for _ in pickletools.genops(data):
-                pass
             obj = _RestrictedUnpickler(io.BytesIO(data), self._archive, self.path).load()
+        except MemoryError:  # CPython allocates a counted BINBYTES at the size it claims, before reading it
+            zf.close()
+            raise CheckpointError(f"{self.path}: corrupt data.pkl: its {len(data)} bytes ask for more memory than "
+                                  "they can hold (a damaged length field)") from None
         except Exception as e:
             zf.close()
             _reraise(self.path, e, "corrupt data.pkl")
