@@ -20,7 +20,7 @@ import json
 import math
 import re
 import shutil
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +113,9 @@ class XLMRobertaTokenizer:
         chars = sorted(c for c in _SQUEEZABLE if blank(output(c)) and (c in _WHITESPACE or _gcb(c) in ("Control", "LF")))
         self._silent = {c for c in chars if output(c) == ""}
         self._space_blank = bool(output(" ")) and blank(output(" ")) and " " in chars
-        self._run_re = re.compile("[" + "".join(map(re.escape, chars)) + "]{3,}") if chars else None
+        chars = "".join(map(re.escape, chars))
+        self._run_re = re.compile(f"[{chars}]{{3,}}") if chars else None
+        self._not_blank = re.compile(f"[^{chars}]") if chars else None
 
     # ---- loading and saving -------------------------------------------------------------------------------
 
@@ -192,7 +194,7 @@ class XLMRobertaTokenizer:
         """Normalize, split on whitespace, "▁" before each word, split before every "▁" (Metaspace), and
         segment each piece, one character at a time."""
         lattice = None  # the piece being read; None between words
-        for chunk in self._normalized(self._squeeze(span)):
+        for chunk in self._normalized(chain.from_iterable(self._squeezed(span))):
             for c in chunk:
                 if c in _WHITESPACE:
                     if lattice is not None:
@@ -212,17 +214,26 @@ class XLMRobertaTokenizer:
         if lattice is not None:
             yield from lattice.finish()
 
-    def _squeeze(self, span):
-        if self._run_re is None:
-            return span
+    def _squeezed(self, span, chunk=1 << 16):
+        """`span` with its long blank runs shortened, lazily: in chunks cut before a non-blank character, so that
+        no run crosses a cut (and a truncated encoding never scans the rest of a 10 MB line)."""
+        start = 0
+        while start < len(span):
+            end = start + chunk
+            if self._run_re is None or end >= len(span):
+                end = len(span)
+            else:
+                match = self._not_blank.search(span, end)
+                end = match.start() if match else len(span)
+            yield span[start:end] if self._run_re is None else self._run_re.sub(self._shorter, span[start:end])
+            start = end
 
-        def shorter(match):
-            run = match.group()
-            middle = run[1:-1]
-            if all(c in self._silent for c in middle):  # normalizes to nothing: one such character does the same
-                return run[0] + middle[0] + run[-1]
-            return run[0] + " " + run[-1] if self._space_blank else run  # some whitespace: one space does the same
-        return self._run_re.sub(shorter, span)
+    def _shorter(self, match):
+        run = match.group()
+        middle = run[1:-1]
+        if all(c in self._silent for c in middle):  # normalizes to nothing: one such character does the same
+            return run[0] + middle[0] + run[-1]
+        return run[0] + " " + run[-1] if self._space_blank else run  # some whitespace: one space does the same
 
     def normalize(self, text):
         """tokenizers' `Precompiled` normalizer, which differs from SentencePiece's own on combining sequences.

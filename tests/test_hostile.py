@@ -481,3 +481,17 @@ def test_png_chunk_claiming_two_gigabytes(tmp_path):
     pillow, ours = results
     assert pillow["ok"] or pillow["error"] == "MemoryError"  # MemoryError here with Pillow 13 on CPython 3.11
     assert ours["ok"] and ours["value"] == [9, 12]
+
+
+def test_blank_runs_across_chunks(sp_dir):
+    """Blank runs are squeezed in 64K-character chunks cut before a non-blank character: runs of spaces,
+    ideographic spaces, tabs, NULs and zero-width spaces around and across chunk ends give transformers' ids."""
+    transformers = pytest.importorskip("transformers")
+    from altclip_np.tokenizer import XLMRobertaTokenizer
+    ours = XLMRobertaTokenizer(sp_dir / "sentencepiece.bpe.model")
+    ref = transformers.XLMRobertaTokenizer.from_pretrained(sp_dir)
+    for run in (" ", "\u3000\t", "\x00", "\u200b", " \u0301", "\r\n"):
+        line = "ab " * 21843 + run * 70000 + "é x" + run * 3 + "\u0600 " * 5 + "y"
+        assert ours(line)["input_ids"] == ref(line)["input_ids"], repr(run)
+        assert ours(line, truncation=True, max_length=64)["input_ids"] == \
+            ref(line, truncation=True, max_length=64)["input_ids"], repr(run)
