@@ -41,18 +41,29 @@ def _field(buf, wanted):
 
 
 class CharsMap:
+    """Raises ValueError for a map that cannot be read (at load, or at the lookup that meets the damage)."""
+
     def __init__(self, model_proto):  # the serialized sentencepiece ModelProto
-        normalizer = _field(model_proto, 3)  # ModelProto.normalizer_spec
-        blob = (_field(normalizer, 2) if normalizer is not None else None) or b""  # .precompiled_charsmap
-        if not blob:
-            self.units, self.strings = (), b""
-            return
-        (trie_bytes,) = struct.unpack_from("<I", blob)
-        self.units = struct.unpack_from(f"<{trie_bytes // 4}I", blob, 4)
+        try:
+            normalizer = _field(model_proto, 3)  # ModelProto.normalizer_spec
+            blob = (_field(normalizer, 2) if normalizer is not None else None) or b""  # .precompiled_charsmap
+            if not blob:
+                self.units, self.strings = (), b""
+                return
+            (trie_bytes,) = struct.unpack_from("<I", blob)
+            self.units = struct.unpack_from(f"<{trie_bytes // 4}I", blob, 4)
+        except (IndexError, struct.error) as e:
+            raise ValueError(f"corrupt SentencePiece model: unreadable precompiled charsmap ({e})") from None
         self.strings = blob[4 + trie_bytes:]
 
     def lookup(self, key):
         """The replacement of the shortest mapped prefix of `key` (a str), or None."""
+        try:
+            return self._lookup(key)
+        except (IndexError, ValueError) as e:  # an index past the trie, a string without its NUL, bad UTF-8
+            raise ValueError(f"corrupt precompiled charsmap in the SentencePiece model: {e}") from None
+
+    def _lookup(self, key):
         units, pos = self.units, 0
         if not units:
             return None

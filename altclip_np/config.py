@@ -7,9 +7,13 @@ import json
 from pathlib import Path
 
 
+MAX_LAYERS = 1024  # BAAI/AltCLIP has 24 + 24
+
+
 class _Config:
     model_type = ""
     defaults = {}
+    positive_ints = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
 
     def __init__(self, **kwargs):
         for key, default in self.defaults.items():
@@ -17,10 +21,17 @@ class _Config:
         self._validate()
 
     def _validate(self):
-        for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size"):
+        for key in self.positive_ints:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{type(self).__name__}.{key} must be a positive integer, got {value!r}")
+                raise ValueError(f"{type(self).__name__}.{key} must be a positive integer, got {str(value)[:50]}")
+        if self.num_hidden_layers > MAX_LAYERS:  # the key list of the weights grows with it
+            raise ValueError(f"{type(self).__name__}.num_hidden_layers is {self.num_hidden_layers}, more than {MAX_LAYERS}")
+        eps = self.layer_norm_eps
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 <= eps < 1:
+            raise ValueError(f"{type(self).__name__}.layer_norm_eps must be a number in [0, 1), got {str(eps)[:50]}")
+        if not isinstance(self.hidden_act, str):
+            raise ValueError(f"{type(self).__name__}.hidden_act must be a string, got {str(self.hidden_act)[:50]}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"{type(self).__name__}: hidden_size ({self.hidden_size}) is not a multiple of "
                              f"num_attention_heads ({self.num_attention_heads})")
@@ -57,6 +68,7 @@ class AltCLIPTextConfig(_Config):
                     initializer_range=0.02, initializer_factor=0.02, pad_token_id=1, bos_token_id=0,
                     eos_token_id=2, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0, type_vocab_size=1,
                     project_dim=768)
+    positive_ints = _Config.positive_ints + ("vocab_size", "max_position_embeddings", "type_vocab_size", "project_dim")
 
 
 class AltCLIPVisionConfig(_Config):
@@ -65,6 +77,7 @@ class AltCLIPVisionConfig(_Config):
     defaults = dict(hidden_size=768, intermediate_size=3072, projection_dim=512, num_hidden_layers=12,
                     num_attention_heads=12, num_channels=3, image_size=224, patch_size=32, hidden_act="quick_gelu",
                     layer_norm_eps=1e-5, attention_dropout=0.0, initializer_range=0.02, initializer_factor=1.0)
+    positive_ints = _Config.positive_ints + ("projection_dim",)
 
     def _validate(self):
         super()._validate()
@@ -101,6 +114,8 @@ class AltCLIPConfig:
                  initializer_factor=1.0, text_config_dict=None, vision_config_dict=None, **unused):
         self.text_config = _sub_config(AltCLIPTextConfig, text_config, text_config_dict)
         self.vision_config = _sub_config(AltCLIPVisionConfig, vision_config, vision_config_dict)
+        if not isinstance(projection_dim, int) or isinstance(projection_dim, bool) or projection_dim < 1:
+            raise ValueError(f"AltCLIPConfig.projection_dim must be a positive integer, got {str(projection_dim)[:50]}")
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
         self.initializer_factor = initializer_factor
@@ -124,17 +139,32 @@ class AltCLIPConfig:
     __repr__ = _Config.__repr__
 
 
-def read_config(cls, path):
-    """A tower or joint config from a config.json. A tower config may also be read out of a full AltCLIP config."""
+MAX_JSON_BYTES = 16 << 20  # config / processor / tokenizer JSON files are a few KB
+
+
+def read_json(path):
+    """A JSON object from a small config file; OSError (naming the file) for anything else."""
+    path = Path(path)
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise OSError(f"{path}: {path.stat().st_size} bytes is too large for a config file")
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
     except FileNotFoundError:
-        raise OSError(f"no config.json in {Path(path).parent}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OSError(f"{path} is not valid JSON: {e}") from None
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise OSError(f"{path} is not valid JSON: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(d, dict):
         raise OSError(f"{path}: expected a JSON object")
+    return d
+
+
+def read_config(cls, path):
+    """A tower or joint config from a config.json. A tower config may also be read out of a full AltCLIP config."""
+    try:
+        d = read_json(path)
+    except FileNotFoundError:
+        raise OSError(f"no config.json in {Path(path).parent}") from None
     model_type = d.get("model_type")
     if model_type not in (None, "altclip", "altclip_text_model", "altclip_vision_model"):
         raise OSError(f"{path} is a {model_type!r} config, not an AltCLIP one (model_type 'altclip')")

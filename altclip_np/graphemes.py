@@ -73,7 +73,13 @@ def _is_conjunct_consonant(c):
 def graphemes(text):
     """Extended grapheme clusters (UAX #29) as the Rust `unicode-segmentation` crate that tokenizers uses and
     `regex`'s \\X give them, with only `unicodedata` (Unicode 14 in Python 3.11; see tests for known gaps)."""
-    clusters, prev = [], None
+    return list(iter_graphemes(text))
+
+
+def iter_graphemes(text):
+    """`graphemes`, lazily: a cluster is yielded once the next character is known to start a new one, so a
+    consumer that stops early has read only a prefix of `text`."""
+    cluster, prev = "", None
     ri = 0  # regional indicators in a row just before (GB12/13 pair them up)
     emoji = 0  # 1: Extended_Pictographic Extend*, 2: then ZWJ (GB11)
     conjunct = 0  # 1: InCB consonant [Extend|Linker]*, 2: and a linker seen among those (GB9c)
@@ -91,9 +97,11 @@ def graphemes(text):
                     or (emoji == 2 and cur == "Pict")  # GB11
                     or (cur == "RI" and ri % 2 == 1))  # GB12/13
         if join:
-            clusters[-1] += c
+            cluster += c
         else:
-            clusters.append(c)
+            if cluster:
+                yield cluster
+            cluster = c
         ri = ri + 1 if cur == "RI" else 0
         if cur == "Pict" or (emoji == 1 and cur == "Extend"):
             emoji = 1
@@ -106,4 +114,5 @@ def graphemes(text):
         elif cur not in ("Extend", "ZWJ") or c == "\u200c":  # ZWNJ ends a conjunct
             conjunct = 0
         prev = cur
-    return clusters
+    if cluster:
+        yield cluster

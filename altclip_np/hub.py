@@ -5,7 +5,7 @@ the standard cache (HF_HUB_CACHE / cache_dir), so a model fetched once also work
 or local_files_only=True. Weights: safetensors when the revision has them, else pytorch_model.bin.
 """
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 CONFIG_FILES = ["config.json"]
 PROCESSOR_FILES = ["preprocessor_config.json", "processor_config.json", "tokenizer_config.json",
@@ -43,15 +43,49 @@ def resolve_pretrained(name_or_path, allow_patterns, revision=None, cache_dir=No
                       f"(revision {revision or 'main'}): {type(e).__name__}: {e}") from e
 
 
-def _index_ready(index):
-    """True when every shard an index names is present next to it (a partial cache is not usable)."""
+MAX_INDEX_BYTES = 64 << 20  # a shard index names each tensor once: ~100 KB for BAAI/AltCLIP
+
+
+def _no_duplicate_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"key {dup[:80]!r} appears twice")
+    return dict(pairs)
+
+
+def read_weight_map(index, error=OSError):
+    """{tensor key: shard name} of a `*.index.json`, checked: every shard a plain relative name inside the
+    index's directory, each shard file spelled one way, and present. Raises `error` (or OSError for a
+    missing shard) saying what is wrong."""
+    index = Path(index)
     try:
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise OSError(f"cannot read shard index {index}: {e}") from e
-    missing = sorted(str(s) for s in shards if not (index.parent / str(s)).is_file())
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise ValueError(f"{index.stat().st_size} bytes, more than the {MAX_INDEX_BYTES} a shard index needs")
+        weight_map = json.loads(index.read_bytes().decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        weight_map = weight_map["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError("weight_map is not an object of shard file names")
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise error(f"cannot read shard index {index}: not a valid shard index: {type(e).__name__}: {e}") from None
+    spelled = {}
+    for name in sorted(set(weight_map.values())):
+        rel = PurePosixPath(name)
+        if not name or rel.is_absolute() or ".." in rel.parts or "\\" in name or ":" in name:
+            raise error(f"{index}: shard name {name[:200]!r} leaves the checkpoint directory")
+        if spelled.setdefault(rel, name) != name:
+            raise error(f"{index}: shard {rel} is listed twice, as {spelled[rel]!r} and {name!r}")
+    missing = sorted(name for name in spelled.values() if not (index.parent / name).is_file())
     if missing:
         raise OSError(f"{index} lists shards that are not in {index.parent}: {', '.join(missing[:3])}")
+    return weight_map
+
+
+def _index_ready(index):
+    """True when every shard an index names is present next to it (a partial cache is not usable)."""
+    read_weight_map(index)
     return True
 
 

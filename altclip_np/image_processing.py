@@ -4,6 +4,7 @@ Steps, each as transformers' PIL backend does them: load (paths: EXIF transpose,
 RGB (alpha composited onto white), resize the shortest edge with Pillow (output long edge truncated with `int()`),
 center crop (zero padding when too small), rescale by 1/255 in float64 then float32, normalize in float32.
 """
+import io
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .config import read_json
 from .tokenizer import BatchEncoding
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -18,18 +20,27 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 PREPROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_FILE = "processor_config.json"
 _ALLOWED_CHANNELS = (1, 3, 4)
+# The largest image (width x height, read from the file's header before anything is decoded) that
+# load_image and the processor decode: 120 megapixels is a 100 MP camera's frame with room to spare, and
+# ~0.36 GB as RGB. Set it (or pass max_pixels) to go further; independent of PIL.Image.MAX_IMAGE_PIXELS.
+MAX_IMAGE_PIXELS = 120_000_000
+_RESAMPLE = range(6)  # PIL's NEAREST, LANCZOS, BILINEAR, BICUBIC, BOX, HAMMING
 
 
 def _size_dict(size, square):
-    """Accept the legacy int form (`size: 224`) and the current dict form."""
-    if isinstance(size, int):
-        return {"height": size, "width": size} if square else {"shortest_edge": size}
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return {"height": int(size[0]), "width": int(size[1])}
+    """Accept the legacy int form (`size: 224`) and the current dict form; sides are positive ints whose
+    output image stays within MAX_IMAGE_PIXELS (a config must not make the processor allocate without bound)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = {"height": size, "width": size} if square else {"shortest_edge": size}
+    elif isinstance(size, (list, tuple)) and len(size) == 2:
+        size = {"height": size[0], "width": size[1]}
     if isinstance(size, dict) and ("shortest_edge" in size or {"height", "width"} <= size.keys()):
-        return dict(size)
-    raise ValueError(f"expected size as an int, (height, width) or a dict with 'shortest_edge' or "
-                     f"'height' and 'width', got {size!r}")
+        sides = [size["shortest_edge"]] * 2 if "shortest_edge" in size else [size["height"], size["width"]]
+        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sides) \
+                and sides[0] * sides[1] <= MAX_IMAGE_PIXELS:
+            return {k: v for k, v in size.items() if k in ("shortest_edge", "height", "width")}
+    raise ValueError(f"expected size as a positive int, (height, width) or a dict with 'shortest_edge' or "
+                     f"'height' and 'width' (at most {MAX_IMAGE_PIXELS} pixels), got {str(size)[:200]}")
 
 
 class CLIPImageProcessor:
@@ -40,6 +51,8 @@ class CLIPImageProcessor:
                  do_convert_rgb=True, **kwargs):
         self.do_resize = do_resize
         self.size = _size_dict(224 if size is None else size, square=False)
+        if resample not in _RESAMPLE or isinstance(resample, bool):
+            raise ValueError(f"resample must be one of PIL's filters 0-5, got {str(resample)[:50]}")
         self.resample = int(resample)
         self.do_center_crop = do_center_crop
         self.crop_size = _size_dict(224 if crop_size is None else crop_size, square=True)
@@ -60,15 +73,18 @@ class CLIPImageProcessor:
         root = Path(resolve_pretrained(name_or_path, [PREPROCESSOR_FILE, PROCESSOR_FILE], revision=revision,
                                        cache_dir=cache_dir, local_files_only=local_files_only))
         if (root / PREPROCESSOR_FILE).is_file():
-            config = json.loads((root / PREPROCESSOR_FILE).read_text(encoding="utf-8"))
+            config = read_json(root / PREPROCESSOR_FILE)
         elif (root / PROCESSOR_FILE).is_file():
-            config = json.loads((root / PROCESSOR_FILE).read_text(encoding="utf-8")).get("image_processor")
+            config = read_json(root / PROCESSOR_FILE).get("image_processor")
             if not isinstance(config, dict):
                 raise OSError(f"{root / PROCESSOR_FILE} has no 'image_processor' section")
         else:
             raise OSError(f"{name_or_path}: expected {PREPROCESSOR_FILE} or {PROCESSOR_FILE} in {root}")
         config.update(kwargs)
-        return cls(**config)
+        try:
+            return cls(**config)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{root}: bad image processor config: {e}") from None
 
     def to_dict(self):
         return {
@@ -123,6 +139,7 @@ class CLIPImageProcessor:
         if isinstance(image, Image.Image):
             if image.width == 0 or image.height == 0:
                 raise ValueError(f"image has zero size {image.size}")
+            _check_pixels(image, "image")  # a lazily opened image is not decoded yet
             image = _pil_to_rgb(image) if self.do_convert_rgb else np.array(image)
             return image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
         if isinstance(image, np.ndarray):
@@ -155,14 +172,43 @@ class CLIPImageProcessor:
         return _pil_resize(image, new_h, new_w, self.resample)
 
 
-def load_image(path):
-    """Open an image file as transformers' `load_image` does: EXIF transpose, then RGB."""
+class ImageTooLargeError(ValueError):
+    """An image has more pixels than MAX_IMAGE_PIXELS (or Pillow's own decompression-bomb bound)."""
+
+
+def _check_pixels(image, what, max_pixels=None):
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if image.width * image.height > limit:
+        raise ImageTooLargeError(f"refusing to decode {what}: {image.width} x {image.height} = {image.width * image.height} "
+                         f"pixels, more than altclip_np.image_processing.MAX_IMAGE_PIXELS = {limit}")
+
+
+class _CappedFile(io.BufferedReader):
+    """A file whose reads never ask for more than it holds: Pillow reads chunk lengths from the file (a PNG
+    chunk may claim 2 GiB), and a buffered read allocates the size asked for before reading."""
+
+    def read(self, size=-1):
+        if size is not None and size > 0:
+            size = min(size, max(os.fstat(self.fileno()).st_size - self.tell(), 0))
+            if size == 0:
+                return b""
+        return super().read(size)
+
+
+def load_image(path, max_pixels=None):
+    """Open an image file as transformers' `load_image` does: EXIF transpose, then RGB.
+
+    Its size is read from the header first: more than `max_pixels` (default MAX_IMAGE_PIXELS) -> ValueError,
+    nothing decoded."""
     try:
-        with Image.open(path) as image:
+        with _CappedFile(io.FileIO(path)) as f, Image.open(f) as image:  # reads the header only
+            _check_pixels(image, path, max_pixels)
             image = ImageOps.exif_transpose(image)
             image = image.convert("RGB")  # forces the full decode, so truncated files fail here
+    except ImageTooLargeError:
+        raise
     except Image.DecompressionBombError as err:
-        raise ValueError(f"refusing to decode {path}: {err}") from err
+        raise ImageTooLargeError(f"refusing to decode {path}: {err}") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise OSError(f"cannot read image file {path}: {err}") from err
     return image

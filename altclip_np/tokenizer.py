@@ -11,17 +11,24 @@ is mirrored here (not plain `SentencePieceProcessor.encode`, which differs on a 
 4. `<s> ... </s>` go around the result.
 
 Ids follow fairseq: <s>=0, <pad>=1, </s>=2, <unk>=3, SentencePiece piece i -> i + 1, <mask> last.
+
+Every step runs lazily, left to right, and a token is produced only once no later character can change it,
+so `truncation=True` stops reading the text after `max_length - 2` tokens (see `_Lattice` for why the cut is
+exact). A 10 MB line costs what its first `max_length` tokens cost.
 """
 import json
+import math
 import re
 import shutil
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 
 from .charsmap import CharsMap
-from .graphemes import graphemes
+from .config import read_json
+from .graphemes import _gcb, iter_graphemes
 
 VOCAB_FILE = "sentencepiece.bpe.model"
 CONFIG_FILE = "tokenizer_config.json"
@@ -29,9 +36,13 @@ CONFIG_FILE = "tokenizer_config.json"
 NO_MAX_LENGTH = int(1e30)
 UNK_PENALTY = 10.0  # unknown characters score min_score - 10, as in SentencePiece and tokenizers
 # Rust's char::is_whitespace (Unicode White_Space), which tokenizers' WhitespaceSplit uses; str.split() differs
-_WHITESPACE = re.compile("[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
+_WHITESPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
+                        + "".join(map(chr, range(0x2000, 0x200B))))
 _SPACE_MARK = "\u2581"
-_BEFORE_SPACE_MARK = re.compile("(?=\u2581)")
+# Characters that may be squeezed out of long runs (see _squeeze): whitespace but CR (which pairs with LF into
+# one grapheme), C0/C1 controls and a few invisible format characters, each always a grapheme of its own.
+_SQUEEZABLE = (_WHITESPACE - {"\r"}) | {chr(i) for i in (*range(0x20), *range(0x7F, 0xA0)) if i != 0x0D} \
+    | set("\u00ad\u200b\u2060\u2061\u2062\u2063\u2064\ufeff")
 
 
 class BatchEncoding(dict):
@@ -50,8 +61,15 @@ class XLMRobertaTokenizer:
     def __init__(self, vocab_file, model_max_length=NO_MAX_LENGTH, mask_lstrip=False,
                  clean_up_tokenization_spaces=False, config=None):
         self.vocab_file = str(vocab_file)
-        self.sp = spm.SentencePieceProcessor(model_file=self.vocab_file)
-        self.charsmap = CharsMap(self.sp.serialized_model_proto())  # the model's precompiled normalisation map
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=self.vocab_file)
+            # the model's precompiled normalisation map
+            self.charsmap = CharsMap(self.sp.serialized_model_proto())
+        except (RuntimeError, OSError, ValueError) as e:
+            raise OSError(f"{self.vocab_file} is not a readable SentencePiece model: {str(e)[:300]}") from None
+        if isinstance(model_max_length, bool) or not isinstance(model_max_length, (int, float)) \
+                or not 0 <= model_max_length < math.inf:
+            raise ValueError(f"model_max_length must be a non-negative number, got {str(model_max_length)[:50]}")
         self.model_max_length = int(model_max_length)
         self.mask_lstrip = bool(mask_lstrip)
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
@@ -60,6 +78,9 @@ class XLMRobertaTokenizer:
 
     def _build_vocab(self):
         specials = ["<s>", "<pad>", "</s>", "<unk>"]
+        if self.sp.get_piece_size() < 4:
+            raise OSError(f"{self.vocab_file}: a SentencePiece model with {self.sp.get_piece_size()} pieces, "
+                          "not an XLM-R one (<unk>, <s>, </s> and pieces)")
         pieces = [self.sp.id_to_piece(i) for i in range(3, self.sp.get_piece_size())]
         scores = [0.0] * 4 + [self.sp.get_score(i) for i in range(3, self.sp.get_piece_size())] + [0.0]
         self.id_to_token = specials + pieces + ["<mask>"]
@@ -72,10 +93,29 @@ class XLMRobertaTokenizer:
         self.bos_token_id, self.pad_token_id, self.eos_token_id, self.unk_token_id = 0, 1, 2, 3
         self.mask_token_id = len(self.id_to_token) - 1
         self.special_ids = {0, 1, 2, 3, self.mask_token_id}
-        # longest first, so that the alternation behaves like leftmost-longest matching
+        # longest first, so that the alternation behaves like leftmost-longest matching. (An lstrip <mask>
+        # takes the whitespace before it in _encode: `\s*<mask>` in the pattern backtracks quadratically.)
         names = sorted(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], key=len, reverse=True)
-        alternatives = [(r"\s*" if n == "<mask>" and self.mask_lstrip else "") + re.escape(n) for n in names]
-        self._special_re = re.compile("(" + "|".join(alternatives) + ")")
+        self._special_re = re.compile("|".join(map(re.escape, names)))
+        self._build_squeeze()
+
+    def _build_squeeze(self):
+        """Runs of blank characters (each its own grapheme, normalized to whitespace or to nothing) affect the
+        tokens only through "is there whitespace in the run": the middle of such a run can be replaced by one
+        character with the same effect, in C (re.sub), so a megabyte of spaces costs nothing in Python.
+        The first and last characters of the run stay: they may join the graphemes next to the run."""
+        def output(c):
+            mapped = self.charsmap.lookup(c)
+            return c if mapped is None else mapped
+
+        def blank(text):
+            return all(x in _WHITESPACE for x in text)
+        chars = sorted(c for c in _SQUEEZABLE if blank(output(c)) and (c in _WHITESPACE or _gcb(c) in ("Control", "LF")))
+        self._silent = {c for c in chars if output(c) == ""}
+        self._space_blank = bool(output(" ")) and blank(output(" ")) and " " in chars
+        chars = "".join(map(re.escape, chars))
+        self._run_re = re.compile(f"[{chars}]{{3,}}") if chars else None
+        self._not_blank = re.compile(f"[^{chars}]") if chars else None
 
     # ---- loading and saving -------------------------------------------------------------------------------
 
@@ -90,9 +130,7 @@ class XLMRobertaTokenizer:
         vocab_file = root / VOCAB_FILE
         if not vocab_file.is_file():
             raise OSError(f"{name_or_path}: expected a SentencePiece model file {VOCAB_FILE!r} in {root}")
-        config = {}
-        if (root / CONFIG_FILE).is_file():
-            config = json.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = read_json(root / CONFIG_FILE) if (root / CONFIG_FILE).is_file() else {}
         mask = config.get("mask_token")
         options = {
             "model_max_length": config.get("model_max_length") or NO_MAX_LENGTH,
@@ -100,7 +138,10 @@ class XLMRobertaTokenizer:
             "clean_up_tokenization_spaces": bool(config.get("clean_up_tokenization_spaces", False)),
         }
         options.update(kwargs)
-        return cls(vocab_file, config=config, **options)
+        try:
+            return cls(vocab_file, config=config, **options)
+        except ValueError as e:
+            raise ValueError(f"{root / CONFIG_FILE}: {e}") from None
 
     def save_pretrained(self, save_directory):
         """Write `sentencepiece.bpe.model` and `tokenizer_config.json` so that both this class and transformers load them."""
@@ -135,31 +176,64 @@ class XLMRobertaTokenizer:
         """The tokens of `text` without `<s>`/`</s>`; an unknown run shows its own text, as in transformers."""
         return [piece for _, piece in self._encode(text)]
 
-    def _encode_ids(self, text):
-        return [i for i, _ in self._encode(text)]
-
     def _encode(self, text):
-        """(id, surface piece) pairs."""
-        pairs = []
-        for k, part in enumerate(self._special_re.split(text)):
-            if k % 2:  # the capture group: a special token typed in the text
-                pairs.append((self.token_to_id[part.lstrip()], part.lstrip()))
-            elif part:
-                pairs.extend(self._encode_span(part))
-        return pairs
+        """(id, surface piece) pairs, lazily: each is final when it is yielded."""
+        start = 0
+        for match in self._special_re.finditer(text):  # special-token strings typed in the text
+            name, end = match.group(), match.start()
+            if name == "<mask>" and self.mask_lstrip:
+                end = start + len(text[start:end].rstrip())  # str.rstrip strips what re's \s matches
+            if end > start:
+                yield from self._encode_span(text[start:end])
+            yield self.token_to_id[name], name
+            start = match.end()
+        if start < len(text):
+            yield from self._encode_span(text[start:])
 
     def _encode_span(self, span):
-        pairs = []
-        for word in _WHITESPACE.split(self.normalize(span)):
-            if not word:
-                continue
-            if not word.startswith(_SPACE_MARK):
-                word = _SPACE_MARK + word
-            # Metaspace splits before every "▁", keeping it on the following piece
-            for piece in _BEFORE_SPACE_MARK.split(word):
-                if piece:
-                    pairs.extend(self._viterbi(piece))
-        return pairs
+        """Normalize, split on whitespace, "▁" before each word, split before every "▁" (Metaspace), and
+        segment each piece, one character at a time."""
+        lattice = None  # the piece being read; None between words
+        for chunk in self._normalized(chain.from_iterable(self._squeezed(span))):
+            for c in chunk:
+                if c in _WHITESPACE:
+                    if lattice is not None:
+                        yield from lattice.finish()
+                        lattice = None
+                    continue
+                if c == _SPACE_MARK or lattice is None:  # a new piece, which starts with "▁"
+                    if lattice is not None:
+                        yield from lattice.finish()
+                    lattice = _Lattice(self)
+                    lattice.push(_SPACE_MARK)
+                    if c == _SPACE_MARK:
+                        continue
+                final = lattice.push(c)
+                if final:
+                    yield from final
+        if lattice is not None:
+            yield from lattice.finish()
+
+    def _squeezed(self, span, chunk=1 << 16):
+        """`span` with its long blank runs shortened, lazily: in chunks cut before a non-blank character, so that
+        no run crosses a cut (and a truncated encoding never scans the rest of a 10 MB line)."""
+        start = 0
+        while start < len(span):
+            end = start + chunk
+            if self._run_re is None or end >= len(span):
+                end = len(span)
+            else:
+                match = self._not_blank.search(span, end)
+                end = match.start() if match else len(span)
+            yield span[start:end] if self._run_re is None else self._run_re.sub(self._shorter, span[start:end])
+            start = end
+
+    def _shorter(self, match):
+        run = match.group()
+        middle = run[1:-1]
+        if all(c in self._silent for c in middle):  # normalizes to nothing: one such character does the same
+            return run[0] + middle[0] + run[-1]
+        return run[0] + " " + run[-1] if self._space_blank else run  # some whitespace: one space does the same
 
     def normalize(self, text):
         """tokenizers' `Precompiled` normalizer, which differs from SentencePiece's own on combining sequences.
@@ -167,47 +241,19 @@ class XLMRobertaTokenizer:
         A grapheme shorter than 6 UTF-8 bytes is replaced as a whole by the mapping of its *shortest* mapped
         prefix (so "Ａ\u0301" becomes "A"); longer graphemes, and those with no mapped prefix, map char by char.
         """
-        lookup, out = self.charsmap.lookup, []
-        for g in graphemes(text):
+        return "".join(self._normalized(text))
+
+    def _normalized(self, text):  # `normalize`, one grapheme at a time
+        lookup = self.charsmap.lookup
+        for g in iter_graphemes(text):
             if len(g) > 1 and len(g.encode("utf-8")) < 6:
                 mapped = lookup(g)
                 if mapped is not None:
-                    out.append(mapped)
+                    yield mapped
                     continue
             for c in g:
                 mapped = lookup(c)
-                out.append(c if mapped is None else mapped)
-        return "".join(out)
-
-    def _viterbi(self, text):
-        """Best unigram segmentation; ties go to the earliest start, unknown runs fuse into one <unk>."""
-        n = len(text)
-        best = [None] * (n + 1)  # best[end] = (score, start, id)
-        best[0] = (0.0, -1, -1)
-        for start in range(n):
-            base = best[start][0]
-            single = False
-            for end in range(start + 1, min(n, start + self.max_piece_len) + 1):
-                tid = self.token_to_id.get(text[start:end])
-                if tid is None:
-                    continue
-                single = single or end == start + 1
-                score = base + self.scores[tid]
-                if best[end] is None or score > best[end][0]:
-                    best[end] = (score, start, tid)
-            if not single:
-                score = base + self.unk_score
-                if best[start + 1] is None or score > best[start + 1][0]:
-                    best[start + 1] = (score, start, self.unk_token_id)
-        pieces, end = [], n
-        while end > 0:
-            _, start, tid = best[end]
-            if tid == self.unk_token_id and pieces and pieces[-1][0] == self.unk_token_id:
-                pieces[-1] = (tid, text[start:end] + pieces[-1][1])
-            else:
-                pieces.append((tid, text[start:end]))
-            end = start
-        return pieces[::-1]
+                yield c if mapped is None else mapped
 
     def __call__(self, text, padding=False, truncation=None, max_length=None, return_tensors=None,
                  return_attention_mask=True, **kwargs):
@@ -216,12 +262,9 @@ class XLMRobertaTokenizer:
             raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
         texts = _check_texts(text)
         padding, truncation, max_length = self._resolve_lengths(padding, truncation, max_length)
-        rows = []
-        for t in texts:
-            ids = self._encode_ids(t)
-            if truncation:
-                ids = ids[:max(max_length - 2, 0)]
-            rows.append([self.bos_token_id] + ids + [self.eos_token_id])
+        limit = max(max_length - 2, 0) if truncation else None  # the encoding stops reading there
+        rows = [[self.bos_token_id] + [i for i, _ in islice(self._encode(t), limit)] + [self.eos_token_id]
+                for t in texts]
         masks = [[1] * len(r) for r in rows]
         if padding:
             target = max_length if padding == "max_length" else max(len(r) for r in rows)
@@ -295,6 +338,88 @@ class XLMRobertaTokenizer:
 
     def batch_decode(self, sequences, skip_special_tokens=False, clean_up_tokenization_spaces=None):
         return [self.decode(s, skip_special_tokens, clean_up_tokenization_spaces) for s in sequences]
+
+
+class _Lattice:
+    """Unigram Viterbi over one piece, fed one character at a time: ties go to the earliest start, unknown
+    characters score `unk_score` and adjacent <unk>s fuse, exactly as a whole-piece search would (the same
+    candidates, in the same order, with the same float sums: best[end] is the first best over ascending starts).
+
+    Why tokens can be handed out before the piece ends (exactly, not approximately): every token is at most
+    M = max_piece_len characters, so any segmentation of any longer text has a boundary in each window of M
+    consecutive positions. The search's final path to any later end therefore passes through some position of
+    the window W = [e - M + 1, e], and from there follows that position's back-pointers, which no later
+    character changes. When the back-pointer chains of all of W meet at a position p, every final path passes
+    through p and its tokens up to p are the chain of p: they are final. (Only a trailing <unk> is held back,
+    since a following <unk> would fuse into it.) When chains never meet -- exact ties, or a long run of
+    unknown characters fused into one <unk> -- nothing is final before the run ends, and no exact method can
+    do better: the first token then depends on the run's end."""
+
+    __slots__ = ("vocab", "scores", "unk", "unk_score", "M", "chars", "window", "best", "done", "held", "check")
+
+    def __init__(self, tok):
+        self.vocab, self.scores, self.unk, self.unk_score = tok.token_to_id, tok.scores, tok.unk_token_id, tok.unk_score
+        self.M = tok.max_piece_len
+        self.chars, self.window = [], ""
+        self.best = [(0.0, -1, -1)]  # best[end] = (score, start, id)
+        self.done = 0  # tokens ending at or before this position have been handed out
+        self.held = None  # (start, end) of a trailing <unk> not handed out yet
+        self.check = 2 * self.M  # when to look for a meeting point next (amortised: every M characters)
+
+    def push(self, c):  # -> the tokens that became final (usually none)
+        self.chars.append(c)
+        w = self.window = (self.window + c)[-self.M:]
+        e, best, vocab, scores = len(self.chars), self.best, self.vocab, self.scores
+        top, first = None, e - len(w)
+        for k in range(len(w)):  # starts ascending
+            tid = vocab.get(w[k:])
+            if tid is not None:
+                score = best[first + k][0] + scores[tid]
+                if top is None or score > top[0]:
+                    top = (score, first + k, tid)
+        if c not in vocab:  # no single-character token: the unknown-character edge from e - 1
+            score = best[e - 1][0] + self.unk_score
+            if top is None or score > top[0]:
+                top = (score, e - 1, self.unk)
+        best.append(top)
+        if e < self.check:
+            return ()
+        self.check = e + self.M
+        return self._emit(self._meeting_point(e))
+
+    def _meeting_point(self, e):
+        """The latest position that the back-pointer chains of all positions in [e - M + 1, e] pass through."""
+        frontier = set(range(max(self.done, e - self.M + 1), e + 1))
+        while len(frontier) > 1:
+            x = max(frontier)
+            frontier.discard(x)
+            frontier.add(self.best[x][1])
+        return frontier.pop()
+
+    def _emit(self, p, last=False):
+        path, x = [], p
+        while x > self.done:
+            _, start, tid = self.best[x]
+            path.append((start, x, tid))
+            x = start
+        self.done, out = p, []
+        for start, end, tid in reversed(path):
+            if tid == self.unk and self.held is not None:
+                self.held = (self.held[0], end)  # adjacent unknown runs fuse into one <unk>
+                continue
+            if self.held is not None:
+                out.append((self.unk, "".join(self.chars[self.held[0]:self.held[1]])))
+                self.held = None
+            if tid == self.unk:
+                self.held = (start, end)
+            else:
+                out.append((tid, "".join(self.chars[start:end])))
+        if last and self.held is not None:
+            out.append((self.unk, "".join(self.chars[self.held[0]:self.held[1]])))
+        return out
+
+    def finish(self):  # the piece ended: the rest of the path
+        return self._emit(len(self.chars), last=True)
 
 
 def _check_texts(text):

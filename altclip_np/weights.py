@@ -5,11 +5,15 @@ float32 tensors are zero-copy views of the file and nothing is read that the mod
 float16 / bfloat16 tensors are upcast to float32.
 """
 import json
+import math
 import mmap
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from .hub import read_weight_map
 
 SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
@@ -24,41 +28,57 @@ def to_float32(array):  # float16 / float64 -> float32; float32 stays a zero-cop
     return array if array.dtype == np.float32 else array.astype(np.float32)
 
 
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit (BAAI/AltCLIP's header: ~90 KB)
+
+
+def _header_entry(path, key, info, size, base):
+    """(dtype, shape, begin) of one header entry, every field checked before anything is read."""
+    try:
+        dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+    except (KeyError, TypeError, ValueError):
+        raise OSError(f"{path}: corrupt safetensors header entry for {key[:80]!r}") from None
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise OSError(f"{path}: tensor {key[:80]!r} has unsupported dtype {str(dtype)[:40]}")
+    if not isinstance(shape, list) or len(shape) > 32 or not all(type(d) is int and d >= 0 for d in shape) \
+            or type(begin) is not int or type(end) is not int:
+        raise OSError(f"{path}: corrupt safetensors header entry for {key[:80]!r}: shape and data offsets "
+                      "must be non-negative integers")
+    nbytes = math.prod(shape) * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize  # Python ints: no overflow
+    if not 0 <= begin <= end or end - begin != nbytes or base + end > size:
+        raise OSError(f"{path}: tensor {key[:80]!r} ({dtype} {shape[:8]}) has data offsets [{begin}, {end}] "
+                      f"that do not fit its size or the file ({size} bytes): truncated or corrupt file")
+    return dtype, tuple(shape), begin
+
+
 class SafetensorsFile:
-    """One memory-mapped .safetensors file: `.keys()`, `.shape(key)`, `.dtype(key)`, `.get(key)`."""
+    """One memory-mapped .safetensors file: `.keys()`, `.shape(key)`, `.dtype(key)`, `.get(key)`.
+
+    Only the header is read at open (at most MAX_HEADER_BYTES, every entry's shape and offsets checked
+    against the file's size); a tensor's bytes are touched only by `.get`, after the caller has compared
+    `.shape` with what it expects."""
 
     def __init__(self, path):
         self.path = Path(path)
         try:
             with open(self.path, "rb") as f:
-                size = self.path.stat().st_size
+                size = os.fstat(f.fileno()).st_size
                 if size < 8:
                     raise OSError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
                 (n,) = struct.unpack("<Q", f.read(8))
                 if 8 + n > size:
                     raise OSError(f"{self.path}: truncated safetensors file: its header claims {n} bytes but the file has {size}")
+                if n > MAX_HEADER_BYTES:
+                    raise OSError(f"{self.path}: corrupt safetensors file: a header of {n} bytes (at most "
+                                  f"{MAX_HEADER_BYTES})")
                 header = json.loads(f.read(n))
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise OSError(f"{self.path}: corrupt safetensors header ({e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise OSError(f"{self.path}: corrupt safetensors header ({type(e).__name__}: {str(e)[:200]})") from None
         if not isinstance(header, dict):
             raise OSError(f"{self.path}: corrupt safetensors header (not a JSON object)")
         header.pop("__metadata__", None)
         self._base = 8 + n
-        self._entries = {}
-        for key, info in header.items():
-            try:
-                dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise OSError(f"{self.path}: corrupt safetensors header entry for {key!r}") from None
-            if dtype not in SAFETENSORS_DTYPES:
-                raise OSError(f"{self.path}: tensor {key!r} has unsupported dtype {dtype}")
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize
-            if not 0 <= begin <= end or end - begin != nbytes or self._base + end > size:
-                raise OSError(f"{self.path}: tensor {key!r} ({dtype} {list(shape)}) has data offsets "
-                              f"[{begin}, {end}] that do not fit its size or the file ({size} bytes): "
-                              "truncated or corrupt file")
-            self._entries[key] = (dtype, shape, begin)
+        self._entries = {key: _header_entry(self.path, key, info, size, self._base) for key, info in header.items()}
 
     def keys(self):
         return self._entries.keys()
@@ -69,7 +89,7 @@ class SafetensorsFile:
     def get(self, key):  # float tensors come back as float32; float32 ones are read-only views of the file
         dtype, shape, begin = self._entries[key]
         np_dtype = SAFETENSORS_DTYPES[dtype]
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         array = np.frombuffer(self._mm, np_dtype, count, self._base + begin).reshape(shape)
         if dtype == "BF16":
             return bf16_to_f32(array)
@@ -81,18 +101,16 @@ def open_safetensors(directory):
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise OSError(f"{index}: not a valid safetensors index ({e})") from None
+        weight_map = read_weight_map(index)  # shard names checked: inside `directory`, each once, present
         files = {name: SafetensorsFile(directory / name) for name in sorted(set(weight_map.values()))}
         sources = {}
         for name, f in files.items():
             for key in f.keys():
-                sources[key] = f
+                sources.setdefault(key, f)
+        sources.update({key: files[name] for key, name in weight_map.items() if key in files[name].keys()})
         missing = sorted(k for k, name in weight_map.items() if k not in files[name].keys())
         if missing:
-            raise OSError(f"{index} lists tensors that its shards do not hold: {', '.join(missing)}")
+            raise OSError(f"{index} lists tensors that its shards do not hold: {', '.join(missing[:20])}")
         return sources
     single = directory / "model.safetensors"
     if single.is_file():
@@ -117,6 +135,16 @@ class TensorSource:
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
         return cls({k: v.shape for k, v in arrays.items()},
                    lambda k: to_float32(arrays[k]) if arrays[k].dtype.kind == "f" else arrays[k])
+
+    @classmethod
+    def from_torch(cls, weights_file):  # pytorch_model.bin or its index: a tensor is read only when asked for
+        from .torch_pickle import open_torch_checkpoint
+        ckpt = open_torch_checkpoint(weights_file)
+
+        def get(key):
+            array = ckpt.get(key)
+            return to_float32(array) if array.dtype.kind == "f" else array
+        return cls(ckpt.shapes, get)
 
 
 # ---- key names: every spelling of a key maps to the one the official BAAI/AltCLIP checkpoint uses ----
@@ -162,8 +190,7 @@ def open_checkpoint(kind, weights_file):
     "torch" (pytorch_model.bin or its index, read without torch by a restricted unpickler)."""
     if kind == "safetensors":
         return TensorSource.from_safetensors(Path(weights_file).parent)
-    from .torch_pickle import load_torch_checkpoint
-    return TensorSource.from_arrays(load_torch_checkpoint(weights_file))
+    return TensorSource.from_torch(weights_file)
 
 
 # ---- giving pages back ----------------------------------------------------------------------------------
