@@ -37,15 +37,14 @@ def unicode_cases():
     assigned = regex.compile(r"[^\p{Cn}\p{Cs}]")  # Unicode 17
     ends = STARTS[1:] + (0x110000,)
     chars = [chr(o) for start, end, letter in zip(STARTS, ends, CLASSES) if letter != "O"
-             for o in range(start, end, 97 if letter == "H" else 1) if assigned.match(chr(o))]  # 1 in 97 of the 11172 syllables
+             for o in range(start, end, 97 if letter == "H" else 1)  # 1 in 97 of the 11172 Hangul syllables
+             if assigned.match(chr(o))]
     chars += [chr(o) for o in range(0x2190, 0x2C00) if assigned.match(chr(o))]
     cases = []
     for c in dict.fromkeys(chars):
         cases += ["²" + c, "µ" + c + "x", "²\u0301" + c, "क्" + c + "्क", "👍\u200d" + c]
     return cases
 
-
-# ---- record (main Python, with transformers) ---------------------------------------------------------------
 
 def _flatten(out, prefix, into):
     """{"a/b/0": array} from nested outputs (dict-like, tuples, tensors or arrays), None fields left out."""
@@ -61,6 +60,8 @@ def _flatten(out, prefix, into):
         into[prefix] = out.detach().numpy() if hasattr(out, "detach") else np.asarray(out)
     return into
 
+
+# ---- record (main Python, with transformers) ---------------------------------------------------------------
 
 def _record_tokenizers(root):
     import regex

@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CHECKER = ROOT / "tests" / "compat_reference.py"
 PYTHONS = ("3.10", "3.12", "3.13")
-SOURCES = ("pyproject.toml", "README.md", "altclip_np", "kernels")  # what the wheel is built from
+# not copied when the wheel is built from a copy of the repository
+BUILD_IGNORE = (".git", "__pycache__", "*.nbi", "*.nbc", "build", "dist", "*.egg-info", ".pytest_cache")
 
 
 def find_python(version):
@@ -51,7 +52,7 @@ def runtime_requirements():
 
 
 def run(cmd, log, **kwargs):
-    """Run `cmd`, appending its output to the list `log`; raise RuntimeError with that output on failure."""
+    """Run `cmd`, appending the command and its output to the list `log`; RuntimeError when it fails."""
     proc = subprocess.run([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           **kwargs)
     log.append(f"$ {' '.join(str(c) for c in cmd)}\n{proc.stdout}")
@@ -61,19 +62,13 @@ def run(cmd, log, **kwargs):
 
 
 def build_wheel(out_dir):
-    """altclip-np's wheel, built from a copy of the sources (so the worktree gets no build/ folder)."""
-    src = Path(out_dir) / "src"
-    src.mkdir()
-    for name in SOURCES:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
-        else:
-            shutil.copy2(ROOT / name, src / name)
-    log = []
+    """altclip-np's wheel, built from a copy of the repository (so the worktree gets no build/ folder)."""
+    src, log = Path(out_dir) / "src", []
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*BUILD_IGNORE))
     try:
         run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out_dir, src], log)
     except RuntimeError:
-        sys.exit("check_pythons: building the wheel failed:\n" + "\n".join(log))
+        raise RuntimeError("check_pythons: building the wheel failed:\n" + "\n".join(log)) from None
     return next(Path(out_dir).glob("*.whl"))
 
 
@@ -140,7 +135,7 @@ def check_all(versions, refs=None, cache=None, jobs=len(PYTHONS)):
             try:
                 run([sys.executable, CHECKER, "record", refs], log)
             except RuntimeError:
-                sys.exit("check_pythons: recording the references failed:\n" + "\n".join(log))
+                raise RuntimeError("check_pythons: recording the references failed:\n" + "\n".join(log)) from None
         wheel = build_wheel(tmp)
         with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
             return list(pool.map(lambda v: check_one(v, cache, wheel, refs), versions))
@@ -149,22 +144,27 @@ def check_all(versions, refs=None, cache=None, jobs=len(PYTHONS)):
 def summary(version, status, seconds, output):
     """A Python's result for people: the checker's report when it ran, else every command's output."""
     head = f"== Python {version}: {status} ({seconds:.0f} s)"
-    last = output[output.rfind("$ "):]
-    if status == "missing" or "compat_reference.py check" not in last.split("\n", 1)[0]:
-        return f"{head}\n{output.rstrip()}"  # it did not get to the check: show what went wrong
-    return f"{head}\n{last.split(chr(10), 1)[1].rstrip()}"
+    command, _, report = output[output.rfind("$ "):].partition("\n")
+    if status == "missing" or "compat_reference.py check" not in command:
+        report = output  # it did not get to the check: show every step
+    return f"{head}\n{report.rstrip()}"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pythons", nargs="+", default=list(PYTHONS), help="versions to check (default: %(default)s)")
     parser.add_argument("--refs", help="a directory compat_reference.py already recorded (default: record now)")
-    parser.add_argument("--cache", type=Path, default=default_cache(), help="where the venvs live (default: %(default)s)")
+    parser.add_argument("--cache", type=Path, default=default_cache(),
+                        help="where the venvs live (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=len(PYTHONS), help="Pythons checked at once (default: 3)")
     parser.add_argument("--require-all", action="store_true", help="fail when a Python is not installed")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    results = check_all(args.pythons, args.refs, args.cache, args.jobs)
+    try:
+        results = check_all(args.pythons, args.refs, args.cache, args.jobs)
+    except RuntimeError as e:
+        print(e)
+        return 1
     for result in results:
         print(summary(*result))
     statuses = [status for _, status, _, _ in results]
