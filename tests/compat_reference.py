@@ -199,34 +199,43 @@ def _check_images(root, report):
 
 def _check_models(root, report):
     import altclip_np
+
+    before = altclip_np.get_backend()
+    try:
+        for backend in BACKENDS:
+            altclip_np.set_backend(backend)
+            _check_models_on(root, report, backend)
+    finally:
+        altclip_np.set_backend(before)
+
+
+def _check_models_on(root, report, backend):
     from altclip_np import AltCLIPModel
 
-    for backend in BACKENDS:
-        altclip_np.set_backend(backend)
-        for path in sorted((root / "models").glob("*.npz")):
-            ref = np.load(path)
-            x = {k.split("/", 1)[1]: ref[k] for k in ref.files if k.startswith("input/")}
-            model = AltCLIPModel.from_pretrained(root / "models" / path.stem)
-            text = dict(input_ids=x["input_ids"], attention_mask=x["attention_mask"])
-            out = {}
-            _flatten(model(**text, pixel_values=x["pixel_values"], return_loss=True, output_hidden_states=True,
-                           output_attentions=True), "joint", out)
-            _flatten(model.get_text_features(**text), "text_features", out)
-            _flatten(model.get_image_features(pixel_values=x["pixel_values"]), "image_features", out)
-            out["encode_text"] = model.encode_text(**text)
-            out["encode_image"] = model.encode_image(pixel_values=x["pixel_values"])
-            want = {k: ref[k] for k in ref.files if not k.startswith("input/")}
-            want["encode_text"], want["encode_image"] = want["text_features/pooler_output"], \
-                want["image_features/pooler_output"]
-            missing = sorted(set(want) ^ set(out))
-            diffs = {k: float(np.abs(out[k].astype(np.float64) - want[k]).max())
-                     if np.shape(out[k]) == np.shape(want[k]) else np.inf for k in want if k in out}
-            key = max(diffs, key=diffs.get)
-            bad = [k for k, d in diffs.items() if not d <= MODEL_TOL]
-            report.group(f"model {path.stem} ({backend})", not bad and not missing,
-                         f"{len(diffs)} outputs, max abs diff {diffs[key]:.2g} at {key} (bound {MODEL_TOL:g})"
-                         + (f"; fields differ: {missing}" if missing else "")
-                         + (f"; over the bound: {bad[:5]}" if bad else ""))
+    for path in sorted((root / "models").glob("*.npz")):
+        ref = np.load(path)
+        x = {k.split("/", 1)[1]: ref[k] for k in ref.files if k.startswith("input/")}
+        model = AltCLIPModel.from_pretrained(root / "models" / path.stem)
+        text, pixels = dict(input_ids=x["input_ids"], attention_mask=x["attention_mask"]), x["pixel_values"]
+        out = {}
+        _flatten(model(**text, pixel_values=pixels, return_loss=True, output_hidden_states=True,
+                       output_attentions=True), "joint", out)
+        _flatten(model.get_text_features(**text), "text_features", out)
+        _flatten(model.get_image_features(pixel_values=pixels), "image_features", out)
+        out["encode_text"] = model.encode_text(**text)
+        out["encode_image"] = model.encode_image(pixel_values=pixels)
+        want = {k: ref[k] for k in ref.files if not k.startswith("input/")}
+        want["encode_text"] = want["text_features/pooler_output"]  # encode_* give the features' pooler_output
+        want["encode_image"] = want["image_features/pooler_output"]
+        missing = sorted(set(want) ^ set(out))
+        diffs = {k: float(np.abs(out[k].astype(np.float64) - want[k]).max())
+                 if np.shape(out[k]) == np.shape(want[k]) else np.inf for k in want if k in out}
+        key = max(diffs, key=diffs.get)
+        bad = [k for k, d in diffs.items() if not d <= MODEL_TOL]
+        report.group(f"model {path.stem} ({backend})", not bad and not missing,
+                     f"{len(diffs)} outputs, max abs diff {diffs[key]:.2g} at {key} (bound {MODEL_TOL:g})"
+                     + (f"; fields differ: {missing}" if missing else "")
+                     + (f"; over the bound: {bad[:5]}" if bad else ""))
 
 
 def check(root):
