@@ -1,13 +1,18 @@
 """Write altclip_np/grapheme_table.py: the grapheme-break properties of every code point, Unicode 17.0.0.
 
-    python tools/make_grapheme_table.py   (needs the `regex` package, 2025.9 or later: Unicode 17)
+    python tools/make_grapheme_table.py [--compare unicode-segmentation/src/tables.rs]
+
+It needs the `regex` package with Unicode 17 tables (2026.5.9 was used). --compare checks the table, code point
+by code point, against the Rust crate's generated tables.rs instead of writing it.
 
 transformers' tokenizers (0.23) split text into grapheme clusters with the Rust unicode-segmentation crate 1.13,
 whose tables are Unicode 17.0.0. Python's `unicodedata` is 13.0 in 3.10 up to 15.1 in 3.13, so the tokenizer
 ships this table instead of reading `unicodedata` at run time. `regex` 2026.5.9's properties were checked equal,
-code point by code point, to unicode-segmentation 1.13.2's src/tables.rs (Grapheme_Cluster_Break,
-Extended_Pictographic, InCB=Consonant / Linker / Extend).
+with --compare, to unicode-segmentation 1.13.2's src/tables.rs (Grapheme_Cluster_Break, Extended_Pictographic,
+InCB=Consonant / Linker / Extend): 0 code points differ.
 """
+import argparse
+import re
 from pathlib import Path
 
 import regex
@@ -40,7 +45,46 @@ def runs():
     return out
 
 
+def crate_letters(tables_rs):
+    """{code point: class letter} from unicode-segmentation's src/tables.rs (absent: "O")."""
+    src = Path(tables_rs).read_text(encoding="utf-8")
+    pair = r"'\\u\{([0-9a-f]+)\}',\s*'\\u\{([0-9a-f]+)\}'"
+
+    def table(name):
+        body = src[src.index(name):]
+        return body[:body.index("];")]
+
+    names = {"CR": "r", "LF": "n", "Control": "C", "ZWJ": "Z", "Extend": "E", "Prepend": "P", "SpacingMark": "S",
+             "L": "L", "V": "V", "T": "T", "LV": "H", "LVT": "H", "Regional_Indicator": "R",
+             "Extended_Pictographic": "p", "InCB_Consonant": "c"}
+    out = {}
+    for lo, hi, cat in re.findall(pair + r",\s*GC_(\w+)\)", table("const grapheme_cat_table")):
+        out.update(dict.fromkeys(range(int(lo, 16), int(hi, 16) + 1), names[cat]))
+    for lo, hi in re.findall(pair + r"\)", table("const InCB_Extend_table")):
+        out.update({o: "X" for o in range(int(lo, 16), int(hi, 16) + 1) if out.get(o) == "E"})
+    linkers = src[src.index("fn is_incb_linker"):]
+    for hexa in re.findall(r"'\\u\{([0-9A-Fa-f]+)\}'", linkers[:linkers.index("}\n")]):
+        out[int(hexa, 16)] = "K"
+    return out
+
+
+def compare(tables_rs):
+    ours, theirs = {}, crate_letters(tables_rs)
+    table = runs()
+    for (start, letter), (end, _) in zip(table, table[1:] + [(0x110000, "")]):
+        ours.update(dict.fromkeys(range(start, end), letter))
+    differ = [o for o in range(0x110000) if ours[o] != theirs.get(o, "O")]
+    print(f"{len(differ)} code points differ" + "".join(f"\n  U+{o:04X}: regex {ours[o]}, crate "
+                                                         f"{theirs.get(o, 'O')}" for o in differ[:20]))
+    return not differ
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--compare", metavar="TABLES_RS", help="check against unicode-segmentation's tables.rs")
+    args = parser.parse_args()
+    if args.compare:
+        raise SystemExit(0 if compare(args.compare) else 1)
     table = runs()
     starts = [f"0x{o:x}" for o, _ in table]
     lines = [", ".join(starts[i:i + 12]) + "," for i in range(0, len(starts), 12)]
