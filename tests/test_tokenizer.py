@@ -187,19 +187,15 @@ GRAPHEME_CASES = [
 
 
 def test_graphemes_match_regex():
-    """The standard-library UAX #29 segmentation gives regex's \\X on the corpus and on tricky sequences.
-
-    Known gaps (none in the corpus or the cases above): code points assigned after Python's Unicode version
-    (14.0 in 3.11; regex follows 17.0) are unassigned to `unicodedata`; Extended_Pictographic is approximated by
-    ranges, so after a ZWJ some symbols in U+2600-27BF / U+1F000-1FAFF (e.g. U+2605) join here and not in regex;
-    Indic_Conjunct_Break=Consonant is approximated by letters in a block that holds a linker, which is off for
-    a few letters of other scripts sharing those blocks (Buginese, Batak, Tai Viet, Old South Arabian, ...).
-    """
+    """The UAX #29 segmentation gives regex's \\X (Unicode 17, the tables of tokenizers' unicode-segmentation)
+    on the corpus, on tricky sequences and on ~40k strings around every code point with a grapheme-break
+    property (compat_reference.unicode_cases), whatever Python's own unicodedata version."""
     regex = pytest.importorskip("regex")
     from altclip_np.graphemes import graphemes
+    from compat_reference import unicode_cases
 
     lines = [line.decode("utf-8") for line in DATA.read_bytes().split(b"\n")]
-    for text in lines + GRAPHEME_CASES + ["".join(GRAPHEME_CASES)]:
+    for text in lines + GRAPHEME_CASES + ["".join(GRAPHEME_CASES)] + unicode_cases():
         assert graphemes(text) == regex.findall(r"\X", text), ascii(text)
 
 
