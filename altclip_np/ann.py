@@ -63,6 +63,7 @@ def build(path, wait=False, warn=print, seed=0):
             parts.append(rows[pick])
             seen += len(rows)
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(index.dim), index.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.min_points_per_centroid = 1  # small indexes: no warning that nlist is small for the rows
         ivf.train(np.concatenate(parts))
         for i in range(len(index.shards)):
             rows, ids = live_rows(index, i)

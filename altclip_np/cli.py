@@ -125,6 +125,8 @@ def cmd_embed(args):
         try:
             done = index.embed(sources, out, model=args.model, kind=kind, client=client,
                                batch_size=args.batch_size, shard_rows=args.shard_size, wait=args.wait, warn=warn)
+        except index.IndexBusyError:
+            raise
         except OSError as e:  # e.g. a full disk: what was recorded before stays valid
             raise CLIError(f"cannot write {out}: {one_line(e)}") from None
     print(f"{out}: {done['rows']} rows ({done['new']} new, {done['already']} already there)")

@@ -40,7 +40,8 @@ def connect(scheduler, timeout=None):
             yield client
         return
     try:
-        client = distributed.Client(scheduler, timeout=timeout, set_as_default=False)
+        more = {} if timeout is None else {"timeout": timeout}  # (None would mean: wait for ever)
+        client = distributed.Client(scheduler, set_as_default=False, **more)
     except (OSError, TimeoutError, ValueError) as e:
         raise InputError(f"cannot reach the Dask scheduler at {scheduler}: {one_line(e)}") from None
     with client:
