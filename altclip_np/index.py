@@ -146,25 +146,25 @@ def read_manifest(directory):
     return manifest
 
 
-def read_metadata_lines(path, n, kind):
-    """A shard's metadata: n JSON objects, one a line."""
+def metadata_lines(path, n):  # -> a shard's n metadata lines (bytes), not parsed yet
     try:
         lines = Path(path).read_bytes().split(b"\n")
     except OSError as e:
         raise IndexFileError(f"cannot read {path}: {one_line(e)}") from None
     require(lines[-1] == b"" and len(lines) - 1 == n, path, f"expected {n} complete lines, one per row")
-    metas = []
-    for number, line in enumerate(lines[:-1], 1):
-        try:
-            meta = json.loads(line.decode("utf-8"))
-        except (ValueError, RecursionError):
-            meta = None
-        require(isinstance(meta, dict) and isinstance(meta.get("source"), str), path,
-                f"line {number} is not a JSON object with a 'source' string")
-        require(kind == "text" or all(is_int(meta.get(k, 0)) for k in ("size", "mtime_ns")), path,
-                f"line {number}: 'size' and 'mtime_ns' must be integers")
-        metas.append(meta)
-    return metas
+    return lines[:-1]
+
+
+def parse_metadata(path, number, line, kind):  # line `number` (from 1) of a shard's metadata -> {"source", ...}
+    try:
+        meta = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):
+        meta = None
+    require(isinstance(meta, dict) and isinstance(meta.get("source"), str), path,
+            f"line {number} is not a JSON object with a 'source' string")
+    require(kind == "text" or all(is_int(meta.get(k, 0)) for k in ("size", "mtime_ns")), path,
+            f"line {number}: 'size' and 'mtime_ns' must be integers")
+    return meta
 
 
 def map_rows(path, n, dim):
@@ -190,7 +190,7 @@ class Index:
         for shard in shards:
             for name, row in shard.get("replaces", []):
                 self.dead.setdefault(position[name], []).append(row)
-        self._metadata = {}
+        self._metadata, self._raw = {}, {}
 
     def __len__(self):  # live rows
         return int(self.offsets[-1]) - sum(map(len, self.dead.values()))
@@ -199,11 +199,24 @@ class Index:
         name = self.shards[i]["name"]
         return map_rows(self.path / SHARDS / f"{name}.npy", self.shards[i]["rows"], self.dim)
 
+    def _lines(self, i):
+        if i not in self._raw:
+            self._raw[i] = metadata_lines(self._metadata_path(i), self.shards[i]["rows"])
+        return self._raw[i]
+
+    def _metadata_path(self, i):
+        return self.path / SHARDS / f"{self.shards[i]['name']}.jsonl"
+
     def metadata(self, i):  # -> [{"source", ...}] of shard i
         if i not in self._metadata:
-            path = self.path / SHARDS / f"{self.shards[i]['name']}.jsonl"
-            self._metadata[i] = read_metadata_lines(path, self.shards[i]["rows"], self.kind)
+            path = self._metadata_path(i)
+            self._metadata[i] = [parse_metadata(path, n, line, self.kind) for n, line in enumerate(self._lines(i), 1)]
         return self._metadata[i]
+
+    def meta(self, i, row):  # -> {"source", ...} of one row (search: parses only the lines of its hits)
+        if i in self._metadata:
+            return self._metadata[i][row]
+        return parse_metadata(self._metadata_path(i), row + 1, self._lines(i)[row], self.kind)
 
     def locate(self, row):  # global row -> (shard number, local row)
         i = int(np.searchsorted(self.offsets, row, side="right")) - 1
@@ -286,7 +299,7 @@ def hits(index, scores, rows):  # -> [{"rank", "score", "row", "source", ...meta
     found = []
     for rank, (score, row) in enumerate(zip(scores, rows), 1):
         i, local = index.locate(row)
-        found.append({"rank": rank, "score": float(score), "row": int(row), **index.metadata(i)[local]})
+        found.append({"rank": rank, "score": float(score), "row": int(row), **index.meta(i, local)})
     return found
 
 
