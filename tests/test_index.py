@@ -176,10 +176,12 @@ def test_second_writer_fails_at_once_or_waits(ckpt, images, tmp_path):
         assert result.stderr == f"altclip-np: error: {out} is {BUSY} (pid {os.getpid()}); rerun when it has " \
                                 "finished, or pass --wait to wait for it\n"
         waiting = popen(embed_args(out, readable(images)[:2], ckpt, "--wait"))
-        time.sleep(1.5)
-        assert waiting.poll() is None  # still waiting for the lock
+        first = waiting.stderr.readline()  # blocks until it has found the lock taken
+        assert first == f"altclip-np: warning: waiting for another run (pid {os.getpid()}) to finish writing {out}\n"
+        time.sleep(0.5)
+        assert waiting.poll() is None  # still waiting
     stdout, stderr = waiting.communicate(timeout=60)
-    assert waiting.returncode == 0 and "2 new" in stdout and "waiting for another run" in stderr
+    assert waiting.returncode == 0 and "2 new" in stdout
 
 
 def fill_disk(directory, leave):
@@ -474,6 +476,18 @@ def test_killed_dask_worker_then_rerun(dask_client, ckpt, images, reference, tmp
     assert sorted(sources) == readable(images)
     assert max(float(np.abs(row - reference[s]).max()) for s, row in zip(sources, rows)) == 0
     no_leftovers(out)
+
+
+def test_cli_on_a_local_cluster_shows_one_bar(ckpt, images, reference, tmp_path):
+    pytest.importorskip("distributed")
+    out = tmp_path / "cli-dask"
+    result = run(*embed_args(out, [images], ckpt, "--scheduler", "local:2"))
+    assert result.stdout.strip() == f"{out}: 24 rows (24 new, 0 already there)"
+    bar = result.stderr.replace("\r", "\n")
+    assert "embedding: 100%" in bar and "25/25" in bar  # batches from both workers, on one bar
+    assert {line.split(":")[0] for line in bar.splitlines() if "%|" in line} == {"embedding"}
+    assert "skipping" in result.stderr and "broken.png" in result.stderr
+    check_rows(out, reference, readable(images))
 
 
 def test_scheduler_that_does_not_answer(images, tmp_path):
