@@ -118,9 +118,16 @@ def test_concurrent_writers(trial, ckpt, images, reference, tmp_path):
 
 @pytest.mark.parametrize("trial", range(TRIALS))
 def test_kill_at_random_points_then_rerun(trial, ckpt, images, reference, tmp_path):
+    """Every third trial kills at a random time from the start (mostly during start-up, which takes 1-2 s);
+    the others at a random time after the first shard is recorded, while shards are being written."""
     out, rng = tmp_path / "killed", random.Random(trial)
     proc = popen(embed_args(out, [images], ckpt))
-    time.sleep(rng.uniform(0.3, 2.0))  # start-up takes ~0.8 s, the embedding ~0.5 s: kills land all over
+    if trial % 3 == 0:
+        time.sleep(rng.uniform(0.3, 2.0))
+    else:
+        while not (out / "manifest.json").exists() and proc.poll() is None:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.4))  # the other 11 shards take ~0.3-0.5 s
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if out.exists() and index.read_manifest(out):  # what a kill leaves is a valid, smaller index
