@@ -559,9 +559,9 @@ def test_approximate_recall_at_10(tmp_path):
 def test_approximate_index_with_shards_added_later(tmp_path, ckpt, images, reference):
     pytest.importorskip("faiss")
     out, sources = tmp_path / "photos", readable(images)
-    run(*embed_args(out, sources[:16], ckpt))
+    index.embed(sources[:16], out, model=str(ckpt), batch_size=2, shard_rows=2, progress=False)
     assert "IVF" in run("index", "build", out).stdout
-    run(*embed_args(out, sources, ckpt))  # 8 more rows after the build: searched exhaustively
+    index.embed(sources, out, batch_size=2, shard_rows=2, progress=False)  # 8 rows more: searched exhaustively
     found = index.open_index(out)
     for source in (sources[3], sources[20]):  # a row from the approximate part, one from a later shard
         hits, exact = ann.search(found, reference[source], 5), ann.search(found, reference[source], 5, exact=True)
