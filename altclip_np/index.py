@@ -167,12 +167,16 @@ def parse_metadata(path, number, line, kind):  # line `number` (from 1) of a sha
     return meta
 
 
+def load_npy(path):  # a .npy file, memory-mapped
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - a damaged header can fail in many ways (even tokenize.TokenError)
+        raise IndexFileError(f"cannot read {path}: {type(e).__name__}: {one_line(e)}") from None
+
+
 def map_rows(path, n, dim):
     """A float32 [n, dim] .npy file, memory-mapped."""
-    try:
-        rows = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError, SyntaxError, TypeError, OverflowError) as e:
-        raise IndexFileError(f"cannot read {path}: {one_line(e)}") from None
+    rows = load_npy(path)
     require(rows.dtype == np.float32 and rows.shape == (n, dim), path,
             f"holds {rows.dtype} {rows.shape}, expected float32 ({n}, {dim})")
     return rows
@@ -247,11 +251,7 @@ class LegacyIndex(Index):
         self._metadata = {0: [{"source": s} for s in sources]}
 
     def rows(self, i):
-        n = self.shards[i]["rows"]
-        try:
-            rows = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError, SyntaxError, TypeError, OverflowError) as e:
-            raise IndexFileError(f"cannot read {self.path}: {one_line(e)}") from None
+        n, rows = self.shards[i]["rows"], load_npy(self.path)
         require(rows.dtype == np.float32 and rows.ndim == 2 and rows.shape[0] >= n and rows.shape[1] == self.dim,
                 self.path, f"holds {rows.dtype} {rows.shape}, its sidecar {n} rows of {self.dim}")
         return rows[:n]

@@ -4,8 +4,8 @@ transformers and torch are the reference here, never a dependency of altclip_np.
 """
 import importlib.util
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +119,10 @@ def max_diff(ours, ref):
 # ---- the installed command on a tiny checkpoint (tests/test_cli.py, tests/test_index.py) ---------------------
 
 def run(*args, env=None, expect=0, timeout=120):
-    """Run the installed `altclip-np` command; assert its exit status."""
-    command = shutil.which("altclip-np") or pytest.skip("altclip-np is not installed (pip install -e .)")
-    result = subprocess.run([command, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+    """Run the `altclip-np` command installed with this Python (not another one on PATH); assert its exit status."""
+    script = Path(sys.executable).parent / "altclip-np"  # (a --user install puts it elsewhere: run the module)
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "altclip_np.cli"]
+    result = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
     assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result

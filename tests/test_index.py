@@ -377,6 +377,8 @@ def test_old_sidecar_without_sources_is_named(tmp_path):  # the issue's KeyError
         read_everything(tmp_path / "old.npy")
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # NaN rows made by a mutation
+@pytest.mark.filterwarnings("ignore:Reading `.npy`")  # numpy on a header mutated into Python 2's form
 def test_fuzzed_files_fail_cleanly(small_index, tmp_path):
     """Mutated and generated manifests, metadata, shards, sidecars and ann.json: each read either succeeds or
     raises IndexFileError with a message, quickly."""
