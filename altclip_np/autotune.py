@@ -17,6 +17,7 @@ model, ISA flags, Numba's target CPU, thread counts and the versions of altclip_
 does not match is ignored, and an unreadable one is measured again and replaced.
 """
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -30,6 +31,7 @@ LAYER_GEMMS = ((1024, 1024),) * 4 + ((1024, 4096), (4096, 1024))  # (K, N): q, k
 ATTENTION_JOBS = ((8, 77), (1, 257))  # (batch, tokens), 16 heads of 64
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512vnni", "avx512bf16", "amx-tile")
 FILE_FORMAT = 1
+log = logging.getLogger("altclip_np")
 _choices = None  # this process's, once loaded or measured
 
 
@@ -73,7 +75,10 @@ def ensure():
     """This machine's choices: cached, else measured now (a few seconds) and cached."""
     global _choices
     key = cache_key()
-    _choices = load(cache_file(key), key) or save(cache_file(key), key, measure())
+    _choices = load(cache_file(key), key)
+    if _choices is None:
+        log.info("measuring which kernels are faster on this machine (once, a few seconds)...")
+        _choices = save(cache_file(key), key, measure())
     return _choices
 
 

@@ -1,8 +1,9 @@
 """The `altclip-np` command: zero-shot classification, embedding, search and a per-layer parity report.
 
     altclip-np classify cat.jpg --labels 猫 dog 고양이 [--template "a photo of a {}."] [--top-k 3] [--json]
-    altclip-np embed photos/ --out index.npy          # resumable; sidecar index.npy.json
-    altclip-np search index.npy "a red car" [--top-k 10]
+    altclip-np embed photos/ --out photos.index       # resumable; [--scheduler local:2 | HOST:8786]
+    altclip-np search photos.index "a red car" [--top-k 10] [--exact]
+    altclip-np index build photos.index               # approximate index (needs faiss-cpu)
     altclip-np parity --model DIR                     # needs torch + transformers
     altclip-np warmup                                 # compile the Numba kernels now (Docker images, CI)
 
@@ -10,6 +11,7 @@ User errors print one line (`altclip-np: error: ...`) and exit 1 (2 for bad argu
 ALTCLIP_NP_DEBUG=1 to see the traceback of an unexpected error instead.
 """
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .index import (INDEX_FORMAT, IndexFileError, Journal, journal_model, one_line, read_index, read_journal,
-                    sidecar_path, write_index)
+from . import index
+from .features import (DEFAULT_MODEL, InputError, image_features, load_model, load_pixels, model_id, one_line,
+                       text_features)
 
 PROG = "altclip-np"
-DEFAULT_MODEL = "BAAI/AltCLIP"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -39,15 +41,15 @@ def warn(message):
 
 class LibraryMessages(logging.Handler):
     """Prints the library's messages (e.g. the one-time kernel compile) as `altclip-np: ...` lines on stderr.
-    While the kernels compile, the running progress bar (`bar`) keeps ticking, so it does not look frozen."""
-    bar = None
+    While the kernels compile, a running progress bar (embed's) keeps ticking, so it does not look frozen."""
 
     def emit(self, record):
         from tqdm import tqdm
         tqdm.write(f"{PROG}: {record.getMessage()}", file=sys.stderr)
         done = getattr(record, "done", None)  # set when the compile is over
-        if self.bar is not None and done is not None:
-            threading.Thread(target=tick, args=(self.bar, done), daemon=True).start()
+        bars = [bar for bar in list(getattr(tqdm, "_instances", ())) if not bar.disable]
+        if bars and done is not None:
+            threading.Thread(target=tick, args=(bars[-1], done), daemon=True).start()
 
 
 def tick(bar, done):  # refresh the bar's elapsed time each second until `done` is set
@@ -67,44 +69,7 @@ def show_library_messages():
         logger.setLevel(logging.INFO)
 
 
-# ---- model, texts and images ----------------------------------------------------------------------------
-
-def model_id(name):
-    """How an index records its model: an absolute path for a local directory, else the Hub id."""
-    return str(Path(name).resolve()) if Path(name).is_dir() else str(name)
-
-
-def load_model(name):
-    from .model import AltCLIPModel
-    from .processor import AltCLIPProcessor
-    show_library_messages()
-    try:
-        return AltCLIPModel.from_pretrained(name), AltCLIPProcessor.from_pretrained(name)
-    except (OSError, ValueError, KeyError) as e:
-        raise CLIError(f"cannot load model {name!r}: {one_line(e)}") from None
-
-
-def text_features(model, processor, texts):  # -> [n, d], L2-normalised
-    # RoBERTa positions start after the padding index, so 2 of the position table's rows are never used.
-    limit = min(processor.tokenizer.model_max_length, model.config.text_config.max_position_embeddings - 2)
-    enc = processor(text=list(texts), padding=True, truncation=True, max_length=limit, return_tensors="np")
-    return model.encode_text(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], normalize=True)
-
-
-def image_features(model, pixel_values):  # -> [n, d], L2-normalised
-    return model.encode_image(pixel_values=pixel_values, normalize=True)
-
-
-def load_pixels(processor, path):
-    """One image's pixel_values [3, H, W]; CLIError when it cannot be read."""
-    if not Path(path).is_file():
-        raise CLIError(f"no such image file: {path}")
-    try:
-        return processor(images=[str(path)], return_tensors="np")["pixel_values"][0]
-    except (OSError, ValueError) as e:
-        message = one_line(e)
-        raise CLIError(message if str(path) in message else f"cannot read image {path}: {message}") from None
-
+# ---- helpers ----------------------------------------------------------------------------
 
 def batches(items, size):
     for start in range(0, len(items), size):
@@ -180,112 +145,74 @@ def text_sources(path):
     return lines
 
 
-def check_writable(out):
-    out = Path(out)
-    if out.suffix != ".npy":
-        raise CLIError(f"--out must name a .npy file, got {out}")
-    if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        reason = "is a directory" if out.is_dir() else f"directory {out.parent} does not exist or is not writable"
-        raise CLIError(f"cannot write {out}: {reason}")
-
-
-def embed_batch(model, processor, kind, batch):
-    """(sources embedded, rows): unreadable images are skipped with a warning."""
-    if kind == "text":
-        return batch, text_features(model, processor, batch)
-    ok, pixels = [], []
-    for source in batch:
-        try:
-            pixels.append(load_pixels(processor, source))
-            ok.append(source)
-        except (CLIError, IndexFileError) as e:
-            warn(f"skipping {source}: {e}")
-    return ok, (image_features(model, np.stack(pixels)) if ok else None)
-
-
 def cmd_embed(args):
     if bool(args.paths) == bool(args.text):
         raise CLIError("give image files/folders or --text FILE.txt (one kind of input per index)")
-    check_writable(args.out)
+    out = Path(args.out)
+    if out.suffix == ".npy" and not out.exists():
+        raise CLIError(f"--out names an index directory now, not a .npy file: use e.g. --out {out.with_suffix('')}")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise CLIError(f"cannot write {out}: directory {out.parent} does not exist or is not writable")
     kind = "text" if args.text else "image"
     sources = text_sources(args.text) if args.text else image_sources(args.paths)
-    meta, rows = read_index(args.out)
-    name = args.model or (meta["model"] if meta else journal_model(args.out) or DEFAULT_MODEL)
-    if meta and (meta["model"], meta["kind"]) != (model_id(name), kind):
-        raise CLIError(f"{args.out} holds {meta['kind']} embeddings from {meta['model']}; use another --out "
-                       f"for {kind} embeddings from {model_id(name)}")
-    model, processor = load_model(name)
-    model.release_weights = False  # many batches: keep the weights mapped in (faster; see AltCLIPModel)
-    meta = meta or {"format": INDEX_FORMAT, "model": model_id(name), "kind": kind,
-                    "dim": int(model.config.projection_dim), "sources": []}
-    header = {key: meta[key] for key in ("format", "model", "kind", "dim")}
-    try:
-        new_sources, new_rows = read_journal(args.out, header, warn)
-        if new_sources:  # an interrupted run: keep its work
-            meta["sources"] = write_index(args.out, meta, rows, new_sources, new_rows)
-            meta, rows = read_index(args.out)
-        done = set(meta["sources"])
-        todo = [s for s in sources if s not in done]
-        embedded = run_embedding(args, model, processor, kind, header, todo)
-        if todo or not Path(args.out).exists():
-            new_sources, new_rows = read_journal(args.out, header, warn)
-            meta["sources"] = write_index(args.out, meta, rows, new_sources, new_rows)
-    except OSError as e:
-        raise CLIError(f"cannot write {args.out}: {one_line(e)}") from None
-    print(f"{args.out}: {len(meta['sources'])} rows ({embedded} new, {len(sources) - len(todo)} already there)")
-
-
-def run_embedding(args, model, processor, kind, header, todo):
-    from tqdm import tqdm
-    if not todo:
-        return 0
-    journal, count = Journal(args.out, header), 0
-    with tqdm(total=len(todo), unit="img" if kind == "image" else "text", file=sys.stderr,
-              desc="embedding", dynamic_ncols=True) as bar:
-        MESSAGES.bar = bar
+    with connect(args.scheduler) as client:
         try:
-            for batch in batches(todo, args.batch_size):
-                ok, rows = embed_batch(model, processor, kind, batch)
-                if ok:
-                    journal.append(ok, rows)
-                    count += len(ok)
-                bar.update(len(batch))
-        finally:
-            MESSAGES.bar = None
-    journal.close()
-    return count
+            done = index.embed(sources, out, model=args.model, kind=kind, client=client,
+                               batch_size=args.batch_size, shard_rows=args.shard_size, wait=args.wait, warn=warn)
+        except index.IndexBusyError:
+            raise
+        except OSError as e:  # e.g. a full disk: what was recorded before stays valid
+            raise CLIError(f"cannot write {out}: {one_line(e)}") from None
+    print(f"{out}: {done['rows']} rows ({done['new']} new, {done['already']} already there)")
+
+
+@contextlib.contextmanager
+def connect(scheduler):
+    if scheduler is None:
+        yield None
+        return
+    from .cluster import connect as dask_connect
+    with dask_connect(scheduler) as client:
+        yield client
 
 
 # ---- search -----------------------------------------------------------------------------------------------
 
-def top_k(rows, query, k, chunk=65536):  # exact search: [n, d] @ [d] in chunks (rows may be memory-mapped)
-    scores = np.concatenate([np.asarray(rows[i:i + chunk]) @ query for i in range(0, len(rows), chunk)])
-    k = min(k, len(scores))
-    best = np.argpartition(-scores, k - 1)[:k]
-    return best[np.argsort(-scores[best], kind="stable")], scores
+def open_existing(path):
+    found = index.open_index(path)
+    if found is None:
+        raise CLIError(f"no index {path}; make one with `{PROG} embed ... --out {path}`")
+    return found
 
 
 def cmd_search(args):
-    meta, rows = read_index(args.index)
-    if meta is None:
-        raise CLIError(f"no index {args.index} (and no {sidecar_path(args.index).name}); make one with "
-                       f"`{PROG} embed ... --out {args.index}`")
-    if not len(rows):
+    from . import ann
+    found = open_existing(args.index)
+    if not len(found):
         raise CLIError(f"index {args.index} is empty")
-    name = args.model or meta["model"]
-    if model_id(name) != meta["model"]:
-        warn(f"{args.index} was embedded with {meta['model']}; searching it with {name}")
+    name = args.model or found.model
+    if model_id(name) != found.model:
+        warn(f"{args.index} was embedded with {found.model}; searching it with {name}")
     model, processor = load_model(name)
     query = text_features(model, processor, [args.query])[0]
-    if query.shape[0] != rows.shape[1]:
-        raise CLIError(f"{name} makes {query.shape[0]}-d embeddings but {args.index} holds {rows.shape[1]}-d")
-    order, scores = top_k(rows, query, args.top_k)
-    hits = [{"rank": r + 1, "score": float(scores[i]), "row": int(i), "source": meta["sources"][i]}
-            for r, i in enumerate(order)]
+    if query.shape[0] != found.dim:
+        raise CLIError(f"{name} makes {query.shape[0]}-d embeddings but {args.index} holds {found.dim}-d")
+    hits = ann.search(found, query, args.top_k, exact=args.exact)
     if args.json:
         print(json.dumps(hits, ensure_ascii=False, indent=2))
     for hit in [] if args.json else hits:
         print(f"{hit['rank']:>4}  {hit['score']:.4f}  {hit['source']}")
+
+
+def cmd_index_build(args):
+    from . import ann
+    info = ann.build(args.index, wait=args.wait, warn=warn)
+    print(f"{args.index}: {info['method']} over {info['rows']} rows ({info['seconds']:.1f} s)")
+
+
+def cmd_index_convert(args):
+    n = index.convert(args.old, args.new, wait=args.wait, warn=warn)
+    print(f"{args.new}: {n} rows from {args.old}")
 
 
 # ---- parity and the command line ----------------------------------------------------------------------------
@@ -297,7 +224,6 @@ def cmd_parity(args):
 
 def cmd_tune(args):
     from . import autotune
-    show_library_messages()  # the kernels may compile first
     key = autotune.cache_key()
     path = autotune.cache_file(key)
     print(f"measuring on {key['cpu']} ({', '.join(key['isa'])}; Numba target {key['numba_cpu']}, "
@@ -319,7 +245,6 @@ def cmd_tune(args):
 
 def cmd_warmup(args):
     from .kernels import warmup
-    show_library_messages()
     start = time.perf_counter()
     kernels, cache = warmup()
     for name, status in kernels:
@@ -362,23 +287,31 @@ def build_parser():
     p.add_argument("--json", action="store_true", help='print [{"image": ..., "labels": [{"label", "score"}]}]')
     p.set_defaults(run=cmd_classify)
 
-    p = sub.add_parser("embed", help="embed images or text lines into a resumable .npy index",
-                       description="Write L2-normalised float32 embeddings to OUT (.npy) and the source of "
-                       "each row to OUT.json. Re-running skips what is already in the index, and resumes "
-                       "an interrupted run.")
+    p = sub.add_parser("embed", help="embed images or text lines into an index directory (resumable)",
+                       description="Add L2-normalised float32 embeddings of the inputs to the index directory "
+                       "OUT as new shards. Inputs already there are skipped (images whose size or mtime changed "
+                       "are embedded again), so rerunning resumes an interrupted run.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files, or folders searched recursively")
     p.add_argument("--text", metavar="FILE.txt", help="embed each non-empty line of this file instead")
-    p.add_argument("--out", required=True, metavar="FILE.npy")
+    p.add_argument("--out", required=True, metavar="INDEX", help="index directory (created if missing)")
     p.add_argument("--model", help=f"{model_help}; an existing index's model by default")
     p.add_argument("--batch-size", type=positive_int, default=16, help="inputs per forward pass (default 16)")
+    p.add_argument("--shard-size", type=positive_int, default=1024, help="inputs per shard, the most an "
+                   "interruption can lose (default 1024; smaller on a cluster so every worker has work)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="embed on a Dask cluster: a scheduler address "
+                   '(tcp://HOST:8786) or local:N for N local worker processes (pip install "altclip-np[dask]")')
+    p.add_argument("--wait", action="store_true", help="if another run is writing INDEX, wait for it "
+                   "(default: fail at once)")
     p.set_defaults(run=cmd_embed)
 
     p = sub.add_parser("search", help="rank an index's rows for a text query",
-                       description="Exact cosine search of an index made by `embed`, with its model.")
-    p.add_argument("index", metavar="INDEX.npy")
+                       description="Cosine search of an index made by `embed`, with its model: approximate "
+                       "when `index build` made an approximate index, else (or with --exact) exhaustive.")
+    p.add_argument("index", metavar="INDEX")
     p.add_argument("query", help="text in any language")
     p.add_argument("--top-k", type=positive_int, default=10, help="how many results (default 10)")
     p.add_argument("--model", help="default: the model that made the index")
+    p.add_argument("--exact", action="store_true", help="exhaustive search even if there is an approximate index")
     p.add_argument("--json", action="store_true", help='print [{"rank", "score", "row", "source"}]')
     p.set_defaults(run=cmd_search)
 
@@ -387,6 +320,22 @@ def build_parser():
                        "what the auto backend should run (the first auto forward does this once by itself).")
     p.add_argument("--json", action="store_true", help="print the measurement as JSON")
     p.set_defaults(run=cmd_tune)
+
+    p = sub.add_parser("index", help="build an approximate index, or convert an old single-file index",
+                       description="Maintain an index directory.")
+    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    t = tasks.add_parser("build", help="build an approximate (faiss IVF) index beside the shards",
+                         description='Build a faiss IVF index of every live row (pip install "altclip-np[faiss]"); '
+                         "search then uses it, and searches shards added later exhaustively.")
+    t.add_argument("index", metavar="INDEX")
+    t.add_argument("--wait", action="store_true", help="wait for a run writing INDEX instead of failing")
+    t.set_defaults(run=cmd_index_build)
+    t = tasks.add_parser("convert", help="copy an old FILE.npy + FILE.npy.json index into an index directory",
+                         description="Copy a single-file index (before format 2) into a new index directory.")
+    t.add_argument("old", metavar="FILE.npy")
+    t.add_argument("new", metavar="INDEX")
+    t.add_argument("--wait", action="store_true", help="wait for a run writing INDEX instead of failing")
+    t.set_defaults(run=cmd_index_convert)
 
     from .parity import add_arguments
     p = sub.add_parser("parity", help="compare every layer with transformers",
@@ -405,10 +354,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    show_library_messages()  # e.g. that the kernels compile, once, before a first result
     try:
         return args.run(args) or 0
-    except (CLIError, IndexFileError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+    except (CLIError, InputError, OSError) as e:  # IndexFileError is an InputError too
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (rerun the same command to resume an embed)", file=sys.stderr)
         return 130

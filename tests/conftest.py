@@ -2,14 +2,19 @@
 
 transformers and torch are the reference here, never a dependency of altclip_np.
 """
+import importlib.util
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import altclip_np
 
+ROOT = Path(__file__).resolve().parent.parent
 # The auto backend's measurements (autotune.py) go to a directory of this run's, not the user's cache.
 os.environ.setdefault("ALTCLIP_NP_CACHE_DIR", tempfile.mkdtemp(prefix="altclip-np-test-cache-"))
 
@@ -112,3 +117,29 @@ def max_diff(ours, ref):
         return max(max_diff(ours[k], ref[k]) for k in ref.keys())
     assert isinstance(ref, (tuple, list)) and len(ours) == len(ref), f"{type(ours)} vs {type(ref)}"
     return max((max_diff(a, b) for a, b in zip(ours, ref)), default=0.0)
+
+
+# ---- the installed command on a tiny checkpoint (tests/test_cli.py, tests/test_index.py) ---------------------
+
+def run(*args, env=None, expect=0, timeout=120):
+    """Run the `altclip-np` command installed with this Python (not another one on PATH); assert its exit status."""
+    script = Path(sys.executable).parent / "altclip-np"  # (a --user install puts it elsewhere: run the module)
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "altclip_np"]
+    result = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    """A tiny random checkpoint with every processor file (tools/make_tiny_checkpoint.py)."""
+    spec = importlib.util.spec_from_file_location("make_tiny_checkpoint", ROOT / "tools/make_tiny_checkpoint.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool.make_tiny_checkpoint(tmp_path_factory.mktemp("cli-tiny"))
+
+
+@pytest.fixture(scope="session")
+def ours(ckpt):
+    return altclip_np.AltCLIPModel.from_pretrained(ckpt), altclip_np.AltCLIPProcessor.from_pretrained(ckpt)
