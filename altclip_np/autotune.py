@@ -9,8 +9,9 @@ matched OpenBLAS up to ~1024 rows, on a 2-core AVX2 EPYC it reached 57-70% of it
     [4096 x 1024]) on the Numba GEMM and on NumPy's BLAS;
   - the fused Numba attention against scores on BLAS + the Numba softmax + p v on BLAS (what runs otherwise),
     for eight 77-token texts and one image (16 heads of 64);
-and keeps the faster of each. A few seconds (so not before a one-off command's first result): `altclip-np tune`
-and `altclip-np embed` (a long job) run it when nothing is cached, a program calls `ensure()`. Until then
+and keeps the faster of each. A few seconds (so never before a one-off command's first result): `altclip-np
+tune` runs it, a program calls `ensure()`. Nothing measures on its own, since the choice of kernel changes the
+last bits of a result, and two runs of one job should agree. Until then
 `auto` follows `prior()`, what was measured on the two kinds of machine so far. The result is written to
 `$ALTCLIP_NP_CACHE_DIR` (default `$XDG_CACHE_HOME/altclip-np` or `~/.cache/altclip-np`) as JSON, keyed by CPU
 model, ISA flags, Numba's target CPU, thread counts and the versions of altclip_np and NumPy; a file whose key

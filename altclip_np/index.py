@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import autotune, backend
 from .features import DEFAULT_MODEL, InputError, bulk_model, image_features, load_pixels, model_id, one_line, \
     text_features
 
@@ -413,8 +412,6 @@ def embed(sources, out, model=None, kind="image", client=None, batch_size=16, sh
         todo, replaces = plan(index, kind, sources)
         if client is None:
             bulk_model(name)  # a model that cannot load fails here, before anything is written
-            if backend.get_backend() == "auto":
-                autotune.ensure()  # a long job: measure once which kernels are faster here (then cached)
         else:
             workers = max(1, len(client.scheduler_info().get("workers", {})))
             shard_rows = min(shard_rows, max(1, math.ceil(len(todo) / (4 * workers))))  # work for every worker
