@@ -10,8 +10,6 @@ import os
 import subprocess
 import sys
 import zipfile
-import zlib
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
