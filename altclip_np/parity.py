@@ -83,8 +83,10 @@ def import_reference():
 
 def our_pairs(model, inputs):
     """{layer name: our tensor}, every intermediate named as in `torch_layers`."""
-    from . import vision
-    from .layers import layer_norm, linear
+    from . import fast, vision
+    from .layers import Params
+    ops = fast.ops()
+    layer_norm, linear = ops.layer_norm, ops.linear
     w, cfg = model.weights, model.config
     out = model(**inputs, output_hidden_states=True)
     text, vis = out.text_model_output, out.vision_model_output
@@ -94,7 +96,8 @@ def our_pairs(model, inputs):
                                        w["text_model.pre_LN.bias"], cfg.text_config.layer_norm_eps)
     layers["text.transformation"] = text.last_hidden_state
     layers["text.projection"] = linear(text.last_hidden_state[:, 0], w["text_projection.weight"])
-    layers["vision.embeddings"] = vision.embeddings_forward(w, cfg.vision_config, inputs["pixel_values"], False)
+    layers["vision.embeddings"] = vision.embeddings(Params(w).vision_model.embeddings, cfg.vision_config,
+                                                    inputs["pixel_values"], False, linear)
     layers["vision.pre_layrnorm"] = vis.hidden_states[0]
     layers.update({f"vision.layer.{i}": h for i, h in enumerate(vis.hidden_states[1:])})
     layers["vision.post_layernorm"] = vis.pooler_output
