@@ -21,6 +21,7 @@ import numpy as np
 from . import backend, text, vision
 from .layers import ACTIVATIONS, Params, additive_mask, check_activation, layer_norm, linear, merge_heads, split_heads
 
+
 def ops():
     """The functions the current backend runs: REFERENCE, or a Fast for `numba` / `auto`."""
     name = backend.get_backend()

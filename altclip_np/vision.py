@@ -83,13 +83,14 @@ def embeddings(emb, cfg, pixel_values, interpolate_pos_encoding, linear=linear):
     return x + position_embeddings(emb.position_embedding.weight, cfg, H, W, interpolate_pos_encoding)
 
 
-def self_attn(x, attn, n_head):  # [B, T, D] -> [B, T, D], probs [B, H, T, T]
-    a, probs = mha(x, None, attn.q_proj, attn.k_proj, attn.v_proj, n_head)
-    return linear(a, attn.out_proj.weight, attn.out_proj.bias), probs
+def self_attn(x, params, n_head):  # [B, T, D] -> [B, T, D], probs [B, H, T, T]; params: the layer's self_attn.*
+    a, probs = mha(x, None, params.q_proj, params.k_proj, params.v_proj, n_head)
+    return linear(a, params.out_proj.weight, params.out_proj.bias), probs
 
 
-def mlp(x, mlp, act):  # [B, T, D] -> [B, T, D]
-    return linear(ACTIVATIONS[act](linear(x, mlp.fc1.weight, mlp.fc1.bias)), mlp.fc2.weight, mlp.fc2.bias)
+def mlp(x, params, act):  # [B, T, D] -> [B, T, D]; params: the layer's mlp.*
+    h = ACTIVATIONS[act](linear(x, params.fc1.weight, params.fc1.bias))  # [B, T, F]
+    return linear(h, params.fc2.weight, params.fc2.bias)
 
 
 def encoder_layer(x, layer, cfg, return_probs=False):  # [B, T, D] -> [B, T, D], probs [B, H, T, T]

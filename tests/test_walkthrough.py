@@ -15,5 +15,5 @@ def test_the_readme_carries_what_the_walkthrough_prints():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert readme.count(BEGIN) == 1 and readme.count(END) == 1
     section = readme[readme.index(BEGIN):readme.index(END) + len(END)]
-    assert printed.strip() == section, "README.md's walkthrough is out of date: paste `python tools/walkthrough.py`"
-    assert printed.count("| step | computed by | shape |") == 3 and "```mermaid" in printed  # the three tables and the diagram
+    assert printed.strip() == section, "README.md's walkthrough is outdated: paste tools/walkthrough.py's output"
+    assert printed.count("| step | computed by | shape |") == 3 and "```mermaid" in printed  # 3 tables, 1 diagram
