@@ -155,9 +155,10 @@ class AltCLIPModel(PreTrainedModel):
 
     def encode_text(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                     normalize=False):  # -> [B, d]
-        """`get_text_features(...).pooler_output` for less work, as open_clip's encode_text: padding tokens
-        are left out of every layer and the last layer computes the first token only (nothing else of the
-        tower's output is needed). `normalize`: unit rows, as forward's text_embeds."""
+        """`get_text_features(...).pooler_output` for less work, as open_clip's encode_text: on the Numba
+        backends padding tokens are left out of every layer and the last layer computes the first token only
+        (nothing else of the tower's output is needed; fast.py). `normalize`: unit rows, as forward's
+        text_embeds."""
         inputs = text_inputs(self.config.text_config, input_ids, attention_mask, token_type_ids, position_ids,
                              None)
         ops = fast.ops()
@@ -167,8 +168,8 @@ class AltCLIPModel(PreTrainedModel):
         return l2_normalize(features) if normalize else features
 
     def encode_image(self, pixel_values=None, interpolate_pos_encoding=False, normalize=False):  # -> [B, d]
-        """`get_image_features(...).pooler_output` for less work: the last layer computes the class token only.
-        `normalize`: unit rows, as forward's image_embeds."""
+        """`get_image_features(...).pooler_output` for less work: on the Numba backends the last layer computes
+        the class token only (fast.py). `normalize`: unit rows, as forward's image_embeds."""
         pixel_values = pixel_inputs(self.config.vision_config, pixel_values, interpolate_pos_encoding)
         ops = fast.ops()
         pooled = ops.encode_image(self.weights, self.config.vision_config, pixel_values, interpolate_pos_encoding,
