@@ -9,7 +9,7 @@ _PUBLIC = {
     "AltCLIPConfig": "config", "AltCLIPTextConfig": "config", "AltCLIPVisionConfig": "config",
     "AltCLIPModel": "model", "AltCLIPTextModel": "model", "AltCLIPVisionModel": "model",
     "AltCLIPProcessor": "processor", "CLIPImageProcessor": "image_processing",
-    "XLMRobertaTokenizer": "tokenizer", "BatchEncoding": "tokenizer",
+    "XLMRobertaTokenizer": "tokenizer", "BatchEncoding": "encoding",
     "get_backend": "backend", "set_backend": "backend",
 }
 __all__ = list(_PUBLIC)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .config import read_json
-from .tokenizer import BatchEncoding
+from .encoding import BatchEncoding
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]

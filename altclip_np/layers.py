@@ -1,21 +1,18 @@
-"""The building blocks shared by both towers, one small function per idea (after picoGPT's gpt2.py).
+"""The maths both towers share, in plain NumPy, one small function per idea (after picoGPT's gpt2.py).
 
-Weights are plain arrays named by their checkpoint keys; a Linear weight stays in its [out, in] layout.
-Each op is written in NumPy; where the backend says so (backend.py), the same maths runs in a Numba kernel.
+This is the readable reference: the `numpy` backend runs exactly these functions (and the towers' layers in
+vision.py and text.py, written with them). fast.py maps the same maths onto the Numba kernels, each fast
+function beside the reference it must equal. A Linear weight stays in its [out, in] checkpoint layout.
 """
 import math
 
 import numpy as np
 
-from . import backend
 
-
-def layer_norm(x, w, b, eps):  # [..., d], [d], [d] -> [..., d]
-    if backend.uses("elementwise"):
-        return backend.kernels().layer_norm(x, w, b, eps)
+def layer_norm(x, weight, bias, eps):  # [..., d], [d], [d] -> [..., d]; biased variance, as torch
     mean = x.mean(axis=-1, keepdims=True)
     var = np.square(x - mean).mean(axis=-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + np.float32(eps)) * w + b
+    return (x - mean) / np.sqrt(var + np.float32(eps)) * weight + bias
 
 
 def erf(x):  # [...] -> [...]; Abramowitz & Stegun 7.1.26 in float64, |error| < 1.5e-7 (NumPy has no erf)
@@ -47,7 +44,6 @@ def relu(x):
 
 ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh, "quick_gelu": quick_gelu,
                "silu": silu, "swish": silu, "relu": relu}
-FUSED = ("gelu", "quick_gelu")  # the activations the Numba bias+activation kernel knows
 
 
 def check_activation(name):
@@ -56,30 +52,14 @@ def check_activation(name):
     return name
 
 
-def linear(x, w, b=None, act=None, residual=None):  # [..., in], [out, in], [out] -> act(x @ w.T + b) + residual
-    """One [M, in] x [in, out] GEMM (a 3-D `x @ w.T` would run one small GEMM per batch row), then the bias,
-    the activation `act` (a name, or None) and the `residual` [..., out]: on Numba in one pass, inside the
-    GEMM when it is the Numba one."""
-    lead = x.shape[:-1]
-    x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
-    r2 = None if residual is None else residual.reshape(x2.shape[0], w.shape[0])
-    on_numba = backend.gemm_on_numba(x2.shape[0])
-    if backend.uses("elementwise") and act in (None, *FUSED):
-        k = backend.kernels()
-        code = {None: k.ACT_NONE, "gelu": k.ACT_GELU, "quick_gelu": k.ACT_QUICK_GELU}[act]
-        if on_numba:
-            y = k.matmul_nt(x2, w, bias=b, act=code, residual=r2)
-        else:
-            y = k.bias_act_residual_(x2 @ w.T, b, code, r2)
-    else:
-        y = backend.kernels().matmul_nt(x2, w) if on_numba else x2 @ w.T  # [M, out]
-        if b is not None:
-            y += b
-        if act is not None:
-            y = ACTIVATIONS[act](y)
-        if r2 is not None:
-            y += r2
-    return y.reshape(lead + (w.shape[0],))
+def linear(x, weight, bias=None):  # [..., in], [out, in], [out] -> [..., out]
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+def softmax(x):  # [..., n] -> [..., n] over the last axis
+    e = np.exp(x - x.max(axis=-1, keepdims=True))  # stable: the largest exponent is 0
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def split_heads(x, n_head):  # [B, T, C] -> [B, H, T, C/H]
@@ -92,56 +72,42 @@ def merge_heads(x):  # [B, H, T, Dh] -> [B, T, H*Dh]
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * Dh)
 
 
-def attention(q, k, v, mask, scale, return_probs=False):  # [B, H, T, Dh] x3, [B, 1, 1, T] | None
-    """softmax(q k^T * scale + mask) v -> [B, H, T, Dh], and the probabilities [B, H, T, T] if asked."""
-    if backend.uses("attention"):
-        return backend.kernels().attention(q, k, v, mask, scale, return_probs)
-    scores = q @ k.transpose(0, 1, 3, 2)  # [B, H, T, T] on OpenBLAS
-    if backend.uses("elementwise"):  # scale, mask and softmax in one parallel pass
-        probs = backend.kernels().softmax(scores, scale, mask, out=scores)
-        return probs @ v, (probs if return_probs else None)
-    scores *= np.float32(scale)
-    if mask is not None:
-        scores += mask
-    scores -= scores.max(axis=-1, keepdims=True)  # stable: exp never overflows
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    return scores @ v, (scores if return_probs else None)
+def attention(q, k, v, mask, scale):  # [B, H, Tq, Dh], [B, H, Tk, Dh] x2, [B, 1, 1, Tk] | None
+    """softmax(q k^T * scale + mask) v -> ([B, H, Tq, Dh], probabilities [B, H, Tq, Tk])."""
+    scores = (q @ k.transpose(0, 1, 3, 2)) * np.float32(scale)
+    probs = softmax(scores if mask is None else scores + mask)
+    return probs @ v, probs
 
 
-def mha(x, mask, q, k, v, n_head, return_probs=False, packing=None, xq=None):
-    """Multi-head self-attention without the output projection.  # [B, T, C] -> [B, T, C], [B, H, T, T]|None
-    q, k, v are (weight, bias) pairs; mask is additive [B, 1, 1, T] or None.
-    With `packing`, x (and the output) hold only the packed rows [n, C] of the batch. With `xq` [B, Tq, C], only
-    these rows are queries (the output is [B, Tq, C]); every row of x still gives a key and a value."""
-    batched = packing.unpack if packing is not None else (lambda y: y)  # attention runs on [B, H, T, D]
-    keys, values = (split_heads(batched(linear(x, *wb)), n_head) for wb in (k, v))
-    query = split_heads(batched(linear(x, *q)) if xq is None else linear(xq, *q), n_head)
-    out, probs = attention(query, keys, values, mask, (x.shape[-1] // n_head) ** -0.5, return_probs)
-    out = merge_heads(out)
-    return (packing.pack(out) if packing is not None and xq is None else out), probs
-
-
-class Packing:
-    """The rows of a [B, T, C] batch worth computing, packed as [n, C]: padding tokens are never attended to,
-    so a forward that only returns real tokens' outputs can leave them out of every GEMM."""
-
-    def __init__(self, keep):  # [B, T] bool
-        self.shape, self.rows = keep.shape, np.flatnonzero(keep)
-        self.firsts = np.searchsorted(self.rows, np.arange(keep.shape[0]) * keep.shape[1])  # token 0's row
-
-    def pack(self, x):  # [B, T, C] -> [n, C]
-        return x.reshape(-1, x.shape[-1])[self.rows]
-
-    def unpack(self, x):  # [n, C] -> [B, T, C], zeros in the left-out rows
-        out = np.zeros((self.shape[0] * self.shape[1], x.shape[-1]), x.dtype)
-        out[self.rows] = x
-        return out.reshape(self.shape + (x.shape[-1],))
-
-    def first(self, x):  # [n, C] -> [B, C]: each sequence's token 0 (kept)
-        return x[self.firsts]
+def mha(x, mask, query, key, value, n_head):  # [B, T, C] -> [B, T, C], probs [B, H, T, T]
+    """Multi-head self-attention without its output projection. query, key, value: the projections' weights
+    (each with .weight [C, C] and .bias [C]); mask: additive [B, 1, 1, T] or None."""
+    q, k, v = (split_heads(linear(x, p.weight, p.bias), n_head) for p in (query, key, value))
+    out, probs = attention(q, k, v, mask, (x.shape[-1] // n_head) ** -0.5)
+    return merge_heads(out), probs
 
 
 def additive_mask(attention_mask):  # [B, T] of 1 (keep) / 0 (pad) -> [B, 1, 1, T] of 0 / float32 min
     keep = np.asarray(attention_mask).astype(bool)
     return np.where(keep, np.float32(0), np.finfo(np.float32).min).astype(np.float32)[:, None, None, :]
+
+
+class Params:
+    """The weights under one prefix of the checkpoint, reached by the key's own words: for p =
+    Params(weights).vision_model, `p.encoder.layers[0].self_attn.q_proj.weight` is
+    weights["vision_model.encoder.layers.0.self_attn.q_proj.weight"]."""
+
+    def __init__(self, weights, prefix=""):
+        self._weights, self._prefix = weights, prefix
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        key = self._prefix + name
+        return self._weights[key] if key in self._weights else Params(self._weights, key + ".")
+
+    def __getitem__(self, i):  # a numbered layer
+        return Params(self._weights, f"{self._prefix}{i}.")
+
+    def arrays(self):  # every array under this prefix
+        return [a for key, a in self._weights.items() if key.startswith(self._prefix)]

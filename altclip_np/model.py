@@ -2,13 +2,12 @@
 AltCLIPTextModel, AltCLIPVisionModel and the joint AltCLIPModel."""
 import numpy as np
 
-from . import runtime, text, vision
+from . import fast, runtime, text, vision
 from .config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, read_config
 from .hub import resolve_weights
 from .inputs import pixel_inputs, text_inputs
-from .layers import linear
 from .outputs import AltCLIPOutput, BaseModelOutputWithPooling, BaseModelOutputWithPoolingAndProjection
-from .weights import TensorSource, load_weights, open_checkpoint
+from .weights import TensorSource, load_weights, open_checkpoint, release
 
 
 class PreTrainedModel:
@@ -47,6 +46,9 @@ class PreTrainedModel:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def _after_layer(self):  # what the towers call as each encoder layer is done
+        return (lambda layer: release(layer.arrays())) if self.release_weights else None
+
 
 def _finish(output, return_dict):
     runtime.after_forward()  # a GC freeze, when runtime.tune_process() asked for one
@@ -65,8 +67,8 @@ class AltCLIPTextModel(PreTrainedModel):
                 inputs_embeds=None, output_attentions=False, output_hidden_states=False, return_dict=True):
         inputs = text_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         projected, hidden_states, attentions = text.text_forward(
-            self.weights, self.config, **inputs, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, release_weights=self.release_weights)
+            self.weights, self.config, fast.ops(), **inputs, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, after_layer=self._after_layer())
         out = BaseModelOutputWithPoolingAndProjection(last_hidden_state=projected, pooler_output=projected[:, 0],
                                                       hidden_states=hidden_states, attentions=attentions)
         return _finish(out, return_dict)
@@ -84,8 +86,8 @@ class AltCLIPVisionModel(PreTrainedModel):
                 output_hidden_states=False, return_dict=True):
         pixel_values = pixel_inputs(self.config, pixel_values, interpolate_pos_encoding)
         last, pooled, hidden_states, attentions = vision.vision_forward(
-            self.weights, self.config, pixel_values, interpolate_pos_encoding, output_attentions,
-            output_hidden_states, self.release_weights)
+            self.weights, self.config, pixel_values, fast.ops(), interpolate_pos_encoding, output_attentions,
+            output_hidden_states, self._after_layer())
         out = BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states,
                                          attentions=attentions)
         return _finish(out, return_dict)
@@ -141,37 +143,38 @@ class AltCLIPModel(PreTrainedModel):
         """The text tower's output with `pooler_output` replaced by the projected [CLS] feature [B, d]."""
         out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids,
                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        out.pooler_output = linear(out.last_hidden_state[:, 0], self.weights["text_projection.weight"])
+        out.pooler_output = fast.ops().linear(out.last_hidden_state[:, 0], self.weights["text_projection.weight"])
         return _finish(out, return_dict)
 
     def get_image_features(self, pixel_values=None, interpolate_pos_encoding=False, output_attentions=False,
                            output_hidden_states=False, return_dict=True):
         """The vision tower's output with `pooler_output` replaced by the projected image feature [B, d]."""
         out = self.vision_model(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
-        out.pooler_output = linear(out.pooler_output, self.weights["visual_projection.weight"])
+        out.pooler_output = fast.ops().linear(out.pooler_output, self.weights["visual_projection.weight"])
         return _finish(out, return_dict)
 
     def encode_text(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                     normalize=False):  # -> [B, d]
-        """`get_text_features(...).pooler_output` for less work, as open_clip's encode_text: padding tokens
-        are left out of every layer and the last layer computes the first token only (nothing else of the
-        tower's output is needed). `normalize`: unit rows, as forward's text_embeds."""
+        """`get_text_features(...).pooler_output` for less work, as open_clip's encode_text: on the Numba
+        backends padding tokens are left out of every layer and the last layer computes the first token only
+        (nothing else of the tower's output is needed; fast.py). `normalize`: unit rows, as forward's
+        text_embeds."""
         inputs = text_inputs(self.config.text_config, input_ids, attention_mask, token_type_ids, position_ids,
                              None)
-        projected, _, _ = text.text_forward(self.weights, self.config.text_config, **inputs,
-                                            release_weights=self.release_weights, pooled_only=True)
-        features = linear(projected[:, 0], self.weights["text_projection.weight"])
+        ops = fast.ops()
+        pooled = ops.encode_text(self.weights, self.config.text_config, **inputs, after_layer=self._after_layer())
+        features = ops.linear(pooled, self.weights["text_projection.weight"])
         runtime.after_forward()
         return l2_normalize(features) if normalize else features
 
     def encode_image(self, pixel_values=None, interpolate_pos_encoding=False, normalize=False):  # -> [B, d]
-        """`get_image_features(...).pooler_output` for less work: the last layer computes the class token only.
-        `normalize`: unit rows, as forward's image_embeds."""
+        """`get_image_features(...).pooler_output` for less work: on the Numba backends the last layer computes
+        the class token only (fast.py). `normalize`: unit rows, as forward's image_embeds."""
         pixel_values = pixel_inputs(self.config.vision_config, pixel_values, interpolate_pos_encoding)
-        _, pooled, _, _ = vision.vision_forward(self.weights, self.config.vision_config, pixel_values,
-                                                interpolate_pos_encoding, release_weights=self.release_weights,
-                                                pooled_only=True)
-        features = linear(pooled, self.weights["visual_projection.weight"])
+        ops = fast.ops()
+        pooled = ops.encode_image(self.weights, self.config.vision_config, pixel_values, interpolate_pos_encoding,
+                                  after_layer=self._after_layer())
+        features = ops.linear(pooled, self.weights["visual_projection.weight"])
         runtime.after_forward()
         return l2_normalize(features) if normalize else features
 
@@ -184,6 +187,7 @@ class AltCLIPModel(PreTrainedModel):
                                        output_hidden_states)
         text_out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids, None,
                                    output_attentions, output_hidden_states)
+        linear = fast.ops().linear
         image_embeds = l2_normalize(linear(vision_out.pooler_output, self.weights["visual_projection.weight"]))
         text_embeds = l2_normalize(linear(text_out.pooler_output, self.weights["text_projection.weight"]))
         logits_per_text = (text_embeds @ image_embeds.T) * np.exp(self.weights["logit_scale"])

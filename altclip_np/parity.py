@@ -9,15 +9,17 @@ stays meaningful where ref is near 0), and the cosine of the flattened tensors (
 """
 import importlib
 import json
+import logging
 
 import numpy as np
+
+from .features import DEFAULT_MODEL, InputError, load_model, load_pixels, one_line
 
 DEFAULT_TEXTS = ["a photo of a cat", "一只猫的照片", "고양이 사진", "Ein Foto von einem Hund im Schnee"]
 DEFAULT_TOLERANCE = 1e-4
 
 
 def add_arguments(parser, model_help):
-    from .cli import DEFAULT_MODEL
     parser.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
     parser.add_argument("--text", nargs="+", metavar="TEXT", help="texts to feed the text tower "
                         "(default: a few short captions in 4 languages)")
@@ -77,14 +79,15 @@ def import_reference():
     try:
         return importlib.import_module("torch"), importlib.import_module("transformers")
     except ImportError as e:
-        from .cli import CLIError
-        raise CLIError(f"parity needs torch and transformers installed (pip install torch transformers): {e}")
+        raise InputError(f"parity needs torch and transformers installed (pip install torch transformers): {e}")
 
 
 def our_pairs(model, inputs):
     """{layer name: our tensor}, every intermediate named as in `torch_layers`."""
-    from . import vision
-    from .layers import layer_norm, linear
+    from . import fast, vision
+    from .layers import Params
+    ops = fast.ops()
+    layer_norm, linear = ops.layer_norm, ops.linear
     w, cfg = model.weights, model.config
     out = model(**inputs, output_hidden_states=True)
     text, vis = out.text_model_output, out.vision_model_output
@@ -94,7 +97,8 @@ def our_pairs(model, inputs):
                                        w["text_model.pre_LN.bias"], cfg.text_config.layer_norm_eps)
     layers["text.transformation"] = text.last_hidden_state
     layers["text.projection"] = linear(text.last_hidden_state[:, 0], w["text_projection.weight"])
-    layers["vision.embeddings"] = vision.embeddings_forward(w, cfg.vision_config, inputs["pixel_values"], False)
+    layers["vision.embeddings"] = vision.embeddings(Params(w).vision_model.embeddings, cfg.vision_config,
+                                                    inputs["pixel_values"], False, linear)
     layers["vision.pre_layrnorm"] = vis.hidden_states[0]
     layers.update({f"vision.layer.{i}": h for i, h in enumerate(vis.hidden_states[1:])})
     layers["vision.post_layernorm"] = vis.pooler_output
@@ -139,19 +143,18 @@ def torch_layers(torch, ref, inputs):
 
 def processor_pairs(transformers, name, texts, images, ours):
     """Rows comparing the two processors' outputs (empty, with a note, if transformers' cannot load)."""
-    from .cli import warn
     try:
         ref = transformers.AltCLIPProcessor.from_pretrained(name)(text=texts, images=images, padding=True,
                                                                   return_tensors="np")
     except Exception as e:  # noqa: BLE001 - the model comparison is still worth running
-        warn(f"transformers' AltCLIPProcessor failed ({type(e).__name__}: {e}); processors not compared")
+        logging.getLogger("altclip_np").warning(  # the command prints it as `altclip-np: warning: ...`
+            f"warning: transformers' AltCLIPProcessor failed ({type(e).__name__}: {e}); processors not compared")
         return []
     return [(f"processor.{key}", ours[key], np.asarray(ref[key])) for key in
             ("input_ids", "attention_mask", "pixel_values")]
 
 
 def run_parity(args):
-    from .cli import CLIError, load_model, load_pixels, one_line
     torch, transformers = import_reference()
     model, processor = load_model(args.model)
     texts = args.text or DEFAULT_TEXTS
@@ -165,7 +168,7 @@ def run_parity(args):
         ref = transformers.AltCLIPModel.from_pretrained(args.model, attn_implementation="eager",
                                                         dtype=torch.float32).eval()
     except Exception as e:  # noqa: BLE001 - any failure to load the reference is the user's to fix
-        raise CLIError(f"transformers cannot load {args.model!r}: {one_line(e)}") from None
+        raise InputError(f"transformers cannot load {args.model!r}: {one_line(e)}") from None
     ours, theirs = our_pairs(model, inputs), torch_layers(torch, ref, inputs)
     pairs = processor_pairs(transformers, args.model, texts, images, inputs)
     pairs += [(name, ours[name], theirs[name]) for name in theirs]

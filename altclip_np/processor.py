@@ -2,7 +2,8 @@
 from pathlib import Path
 
 from .image_processing import PREPROCESSOR_FILE, PROCESSOR_FILE, CLIPImageProcessor
-from .tokenizer import CONFIG_FILE, VOCAB_FILE, BatchEncoding, XLMRobertaTokenizer
+from .encoding import BatchEncoding
+from .tokenizer import CONFIG_FILE, VOCAB_FILE, XLMRobertaTokenizer
 
 
 class AltCLIPProcessor:

@@ -28,6 +28,7 @@ import sentencepiece as spm
 
 from .charsmap import CharsMap
 from .config import read_json
+from .encoding import BatchEncoding  # also importable from here, as from transformers.tokenization_utils_base
 from .graphemes import _gcb, iter_graphemes
 
 VOCAB_FILE = "sentencepiece.bpe.model"
@@ -43,16 +44,6 @@ _SPACE_MARK = "\u2581"
 # one grapheme), C0/C1 controls and a few invisible format characters, each always a grapheme of its own.
 _SQUEEZABLE = (_WHITESPACE - {"\r"}) | {chr(i) for i in (*range(0x20), *range(0x7F, 0xA0)) if i != 0x0D} \
     | set("\u00ad\u200b\u2060\u2061\u2062\u2063\u2064\ufeff")
-
-
-class BatchEncoding(dict):
-    """A dict of model inputs whose keys can also be read as attributes (`enc.input_ids`)."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 class XLMRobertaTokenizer:

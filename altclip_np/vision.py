@@ -7,38 +7,37 @@ import math
 
 import numpy as np
 
-from .layers import check_activation, layer_norm, linear, mha
-from .weights import release
+from .layers import ACTIVATIONS, Params, check_activation, layer_norm, linear, mha
 
-P = "vision_model."
+PREFIX = "vision_model."  # every key of the vision tower starts with this (AltCLIPModel's naming)
 
 
 def expected_weights(cfg):  # {canonical checkpoint key: shape} for an AltCLIPVisionConfig
     D, F, p = cfg.hidden_size, cfg.intermediate_size, cfg.patch_size
-    e = P + "embeddings."
-    shapes = {e + "class_embedding": (D,), e + "patch_embedding.weight": (D, cfg.num_channels, p, p),
-              e + "position_embedding.weight": (cfg.num_patches + 1, D),
-              P + "pre_layrnorm.weight": (D,), P + "pre_layrnorm.bias": (D,)}
+    emb = PREFIX + "embeddings."
+    shapes = {emb + "class_embedding": (D,), emb + "patch_embedding.weight": (D, cfg.num_channels, p, p),
+              emb + "position_embedding.weight": (cfg.num_patches + 1, D),
+              PREFIX + "pre_layrnorm.weight": (D,), PREFIX + "pre_layrnorm.bias": (D,)}
     for i in range(cfg.num_hidden_layers):
-        l = f"{P}encoder.layers.{i}."
+        layer = f"{PREFIX}encoder.layers.{i}."
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes[f"{l}self_attn.{name}.weight"], shapes[f"{l}self_attn.{name}.bias"] = (D, D), (D,)
-        shapes.update({l + "layer_norm1.weight": (D,), l + "layer_norm1.bias": (D,),
-                       l + "layer_norm2.weight": (D,), l + "layer_norm2.bias": (D,),
-                       l + "mlp.fc1.weight": (F, D), l + "mlp.fc1.bias": (F,),
-                       l + "mlp.fc2.weight": (D, F), l + "mlp.fc2.bias": (D,)})
-    shapes.update({P + "post_layernorm.weight": (D,), P + "post_layernorm.bias": (D,)})
+            shapes[f"{layer}self_attn.{name}.weight"], shapes[f"{layer}self_attn.{name}.bias"] = (D, D), (D,)
+        shapes.update({layer + "layer_norm1.weight": (D,), layer + "layer_norm1.bias": (D,),
+                       layer + "layer_norm2.weight": (D,), layer + "layer_norm2.bias": (D,),
+                       layer + "mlp.fc1.weight": (F, D), layer + "mlp.fc1.bias": (F,),
+                       layer + "mlp.fc2.weight": (D, F), layer + "mlp.fc2.bias": (D,)})
+    shapes.update({PREFIX + "post_layernorm.weight": (D,), PREFIX + "post_layernorm.bias": (D,)})
     return shapes
 
 
-def patch_embed(pixel_values, w):  # [B, C, H, W], [D, C, p, p] -> [B, N, D]
+def patch_embed(pixel_values, weight, linear=linear):  # [B, C, H, W], [D, C, p, p] -> [B, N, D]
     """The stride-p conv as one matmul: cut the image into p x p patches, flatten each like the kernel."""
     B, C, H, W = pixel_values.shape
-    D, _, p, _ = w.shape
+    D, _, p, _ = weight.shape
     nh, nw = H // p, W // p  # a conv drops the remainder rows/columns too
     x = pixel_values[:, :, :nh * p, :nw * p].reshape(B, C, nh, p, nw, p)
     x = x.transpose(0, 2, 4, 1, 3, 5).reshape(B, nh * nw, C * p * p)
-    return linear(x, w.reshape(D, C * p * p))
+    return linear(x, weight.reshape(D, C * p * p))
 
 
 def cubic_weights(n_in, n_out):  # -> [n_out, n_in] resampling matrix
@@ -76,47 +75,51 @@ def position_embeddings(pos, cfg, height, width, interpolate):  # [1 + n, D] -> 
     return np.concatenate([pos[:1], grid.reshape(nh * nw, -1)])
 
 
-def embeddings_forward(w, cfg, pixel_values, interpolate_pos_encoding):  # [B, C, H, W] -> [B, T, D]
-    e = P + "embeddings."
+def embeddings(emb, cfg, pixel_values, interpolate_pos_encoding, linear=linear):  # [B, C, H, W] -> [B, T, D]
     B, _, H, W = pixel_values.shape
-    patches = patch_embed(pixel_values, w[e + "patch_embedding.weight"])
-    cls = np.broadcast_to(w[e + "class_embedding"], (B, 1, patches.shape[-1]))
+    patches = patch_embed(pixel_values, emb.patch_embedding.weight, linear)  # [B, N, D]
+    cls = np.broadcast_to(emb.class_embedding, (B, 1, patches.shape[-1]))
     x = np.concatenate([cls, patches], axis=1)
-    return x + position_embeddings(w[e + "position_embedding.weight"], cfg, H, W, interpolate_pos_encoding)
+    return x + position_embeddings(emb.position_embedding.weight, cfg, H, W, interpolate_pos_encoding)
 
 
-def encoder_layer(x, w, l, cfg, return_probs=False, first_only=False):  # [B, T, D] -> [B, T, D], probs
-    """Pre-LN: x = x + attn(LN(x)); x = x + mlp(LN(x)). `l` is the layer's key prefix.
-    With `first_only`, only the class token's row is computed: [B, 1, D]."""
-    eps, s = cfg.layer_norm_eps, l + "self_attn."
-    h = layer_norm(x, w[l + "layer_norm1.weight"], w[l + "layer_norm1.bias"], eps)
-    a, probs = mha(h, None, *[(w[f"{s}{n}.weight"], w[f"{s}{n}.bias"]) for n in ("q_proj", "k_proj", "v_proj")],
-                   cfg.num_attention_heads, return_probs, xq=h[:, :1] if first_only else None)
-    x = linear(a, w[s + "out_proj.weight"], w[s + "out_proj.bias"], residual=x[:, :1] if first_only else x)
-    h = layer_norm(x, w[l + "layer_norm2.weight"], w[l + "layer_norm2.bias"], eps)
-    h = linear(h, w[l + "mlp.fc1.weight"], w[l + "mlp.fc1.bias"], act=cfg.hidden_act)
-    return linear(h, w[l + "mlp.fc2.weight"], w[l + "mlp.fc2.bias"], residual=x), probs
+def self_attn(x, params, n_head):  # [B, T, D] -> [B, T, D], probs [B, H, T, T]; params: the layer's self_attn.*
+    a, probs = mha(x, None, params.q_proj, params.k_proj, params.v_proj, n_head)
+    return linear(a, params.out_proj.weight, params.out_proj.bias), probs
 
 
-def vision_forward(w, cfg, pixel_values, interpolate_pos_encoding=False, output_attentions=False,
-                   output_hidden_states=False, release_weights=False, pooled_only=False):
-    """The whole vision tower on validated inputs. Returns (last_hidden [B, T, D], pooled [B, D], hidden, attn).
-    pooled_only: the last layer computes the class token's row only (last_hidden is [B, 1, D]): the same pooled
-    output for less work."""
+def mlp(x, params, act):  # [B, T, D] -> [B, T, D]; params: the layer's mlp.*
+    h = ACTIVATIONS[act](linear(x, params.fc1.weight, params.fc1.bias))  # [B, T, F]
+    return linear(h, params.fc2.weight, params.fc2.bias)
+
+
+def encoder_layer(x, layer, cfg, return_probs=False):  # [B, T, D] -> [B, T, D], probs [B, H, T, T]
+    """Pre-LN (AltCLIPEncoderLayer). `layer`: the weights under vision_model.encoder.layers.N."""
+    eps, ln1, ln2 = cfg.layer_norm_eps, layer.layer_norm1, layer.layer_norm2
+    a, probs = self_attn(layer_norm(x, ln1.weight, ln1.bias, eps), layer.self_attn, cfg.num_attention_heads)
+    x = x + a
+    x = x + mlp(layer_norm(x, ln2.weight, ln2.bias, eps), layer.mlp, cfg.hidden_act)
+    return x, (probs if return_probs else None)
+
+
+def vision_forward(weights, cfg, pixel_values, ops, interpolate_pos_encoding=False, output_attentions=False,
+                   output_hidden_states=False, after_layer=None):
+    """The whole vision tower on validated inputs -> (last_hidden [B, T, D], pooled [B, D], hidden, attn).
+    `ops`: the reference or its fast mapping (fast.ops()); `after_layer(layer)`: called as each layer is done."""
     check_activation(cfg.hidden_act)
-    x = embeddings_forward(w, cfg, pixel_values, interpolate_pos_encoding)
-    x = layer_norm(x, w[P + "pre_layrnorm.weight"], w[P + "pre_layrnorm.bias"], cfg.layer_norm_eps)
+    model, eps = Params(weights).vision_model, cfg.layer_norm_eps
+    x = embeddings(model.embeddings, cfg, pixel_values, interpolate_pos_encoding, ops.linear)
+    x = ops.layer_norm(x, model.pre_layrnorm.weight, model.pre_layrnorm.bias, eps)
     hidden_states = [x] if output_hidden_states else []  # kept only when asked for: else each x is freed for reuse
     attentions = []
     for i in range(cfg.num_hidden_layers):
-        layer = f"{P}encoder.layers.{i}."
-        last = pooled_only and i == cfg.num_hidden_layers - 1
-        x, probs = encoder_layer(x, w, layer, cfg, output_attentions, first_only=last)
-        if release_weights:  # keep only ~one layer of the memory-mapped weights resident
-            release([a for key, a in w.items() if key.startswith(layer)])
+        layer = model.encoder.layers[i]
+        x, probs = ops.vision_layer(x, layer, cfg, output_attentions)
+        if after_layer is not None:
+            after_layer(layer)
         if output_hidden_states:
             hidden_states.append(x)
         attentions.append(probs)
-    pooled = layer_norm(x[:, 0], w[P + "post_layernorm.weight"], w[P + "post_layernorm.bias"], cfg.layer_norm_eps)
+    pooled = ops.layer_norm(x[:, 0], model.post_layernorm.weight, model.post_layernorm.bias, eps)
     return (x, pooled, tuple(hidden_states) if output_hidden_states else None,
             tuple(attentions) if output_attentions else None)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from altclip_np import autotune, backend
+from altclip_np import autotune, backend, fast
 
 FAKE = {"gemm_numba": {"128": True, "257": False, "616": False, "2056": True}, "attention_numba": False,
         "seconds": {}, "source": "measured"}
@@ -77,11 +77,15 @@ def test_the_auto_backend_follows_the_choices(cache, monkeypatch):
     monkeypatch.setattr(backend, "_backend", "auto")
     # each row count takes the choice of the nearest measured class on a log scale (boundaries: the geometric
     # means 181, 398, 1125)
-    assert [backend.gemm_on_numba(m) for m in (1, 100, 190, 300, 616, 1000, 1200, 5000)] == \
+    ops = fast.ops()
+    assert [ops.gemm_on_numba(m) for m in (1, 100, 190, 300, 616, 1000, 1200, 5000)] == \
         [True, True, False, False, False, False, True, True]
-    assert backend.uses("attention") is False and backend.uses("elementwise") is True
+    assert ops.attention_on_numba(77) is False
     monkeypatch.setattr(backend, "_backend", "numba")
-    assert backend.gemm_on_numba(300) and backend.uses("attention")
+    ops = fast.ops()
+    assert ops.gemm_on_numba(300) and ops.attention_on_numba(77)
+    monkeypatch.setattr(backend, "_backend", "numpy")
+    assert fast.ops() is fast.REFERENCE
 
 
 def test_measure_times_both_sides_and_keeps_the_faster():

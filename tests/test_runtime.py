@@ -104,7 +104,7 @@ def test_tune_process_says_when_it_is_too_late():
 def test_a_bad_backend_is_reported_at_first_use_with_the_allowed_values():
     code = ("import altclip_np\n"  # importing is fine
             "from altclip_np import backend\n"
-            "try:\n    backend.uses('attention')\nexcept ValueError as e:\n    print(e)\n")
+            "try:\n    backend.get_backend()\nexcept ValueError as e:\n    print(e)\n")
     env = {**os.environ, "ALTCLIP_NP_BACKEND": "cuda"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
