@@ -39,12 +39,13 @@ def get_backend():
     return _backend
 
 
-def uses(family):
-    """True when the current backend runs `family` ("matmul", "attention", "elementwise") on Numba."""
+def uses(family, tokens=None):
+    """True when the current backend runs `family` ("matmul", "attention", "elementwise") on Numba (for attention:
+    over `tokens` keys)."""
     name = get_backend()
     if name == "auto" and family == "attention":
         from . import autotune
-        return autotune.attention_on_numba()
+        return autotune.attention_on_numba(tokens)
     return family in FAMILIES[name]
 
 

@@ -94,7 +94,7 @@ def merge_heads(x):  # [B, H, T, Dh] -> [B, T, H*Dh]
 
 def attention(q, k, v, mask, scale, return_probs=False):  # [B, H, T, Dh] x3, [B, 1, 1, T] | None
     """softmax(q k^T * scale + mask) v -> [B, H, T, Dh], and the probabilities [B, H, T, T] if asked."""
-    if backend.uses("attention"):
+    if backend.uses("attention", k.shape[2]):
         return backend.kernels().attention(q, k, v, mask, scale, return_probs)
     scores = q @ k.transpose(0, 1, 3, 2)  # [B, H, T, T] on OpenBLAS
     if backend.uses("elementwise"):  # scale, mask and softmax in one parallel pass

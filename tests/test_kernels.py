@@ -34,7 +34,7 @@ def close(ours, ref, atol=1e-5, rtol=1e-5):
 # Nothing a multiple of the tile (MR rows of A x NR rows of W), of a task (MC rows x NT columns) or of KC:
 # ragged last tiles, tasks and K blocks; M > MC splits the rows into tasks too; K = 0 sums nothing
 SHAPES = [(1, 1, 1), (3, 5, 7), (257, 70, 45), (5, KC + 3, NT + 5), (9, 2 * KC + 1, 2 * NT - 1), (64, 128, 256),
-          (MC + 3, 70, NT + NR + 1), (2 * MC + MR + 1, 33, 45), (4, 0, 3)]
+          (MC + 3, 70, NT + NR + 1), (2 * MC + MR + 1, 33, 45), (MR, 40, 9), (4, 0, 3)]
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)

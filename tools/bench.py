@@ -424,12 +424,13 @@ def machine_header():
     key, auto = autotune.cache_key(), autotune.choices()
     target = key["numba_cpu"] + (" (NUMBA_CPU_NAME)" if numba.config.CPU_NAME else " (host)")
     gemm = ", ".join(f"{m} {'Numba' if v else 'BLAS'}" for m, v in auto["gemm_numba"].items())
+    attention = ", ".join(f"{t} {'Numba' if v else 'BLAS'}" for t, v in auto["attention_numba"].items())
     source = ("measured on this machine" if auto.get("source") == "measured"
               else "the prior; nothing measured on this machine yet: `altclip-np tune` measures")
     return [f"CPU: {cpu.get('model name', platform.processor())} (family {cpu.get('cpu family', '?')}, model "
             f"{cpu.get('model', '?')}), {os.cpu_count()} CPUs; {isa}",
             f"Numba target: {target}, {'AVX-512' if key['numba_avx512'] else 'no AVX-512'} code",
-            f"auto picks: GEMM by rows {gemm}; attention {'Numba' if auto['attention_numba'] else 'BLAS'} "
+            f"auto picks: GEMM by rows {gemm}; attention by tokens {attention} "
             f"({source})"]
 
 
