@@ -54,8 +54,9 @@ def _matmul_nt(a, w, c, bias, act, residual):  # [M, K], [N, K] -> c [M, N] (wri
     panels = m // MR  # whole panels of MR rows; the last m % MR rows take dot products instead
     ap = np.empty((panels, k_total, MR), np.float32)  # A^T in k-major panels of MR rows
     for p in prange(panels):
-        for r in range(MR):
-            ap[p, :, r] = a[p * MR + r, :]
+        for k in range(k_total):  # (an element loop: a slice assignment compiles into a function of its own)
+            for r in range(MR):
+                ap[p, k, r] = a[p * MR + r, k]
     epilogue = bias.shape[0] > 0 or act != ACT_NONE or residual.shape[0] > 0
     n_blocks = (n + NT - 1) // NT
     pm = MC // MR  # A micro-panels per task
