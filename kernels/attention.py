@@ -148,7 +148,7 @@ def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, 
 
 
 @kernel(array(4, "A"), array(4, "A"), array(4, "A"), array(2), types.float32, array(4, "A", readonly=False),
-        array(4, readonly=False), types.boolean, types.int64, cost=19, group=MODEL)
+        array(4, readonly=False), types.boolean, types.int64, cost=8, group=MODEL)
 def _attention(q, k, v, mask, scale, out, probs, want_probs, group):
     # q, out [B, H, Tq, D]; k, v [B, H, T, D]; mask [B, T] additive; probs [B, H, Tq, T] (a dummy unless
     # want_probs); group: (batch, head) pairs per task

@@ -145,7 +145,7 @@ def _softmax_rows(x, out, scale, mask, rows_per_mask):  # [R, n] -> [R, n]; mask
         softmax_row(o, o, np.empty(n, np.float32))
 
 
-@kernel(array(2), array(1), array(1), types.float32, array(2, readonly=False), cost=2, group=MODEL)
+@kernel(array(2), array(1), array(1), types.float32, array(2, readonly=False), cost=1, group=MODEL)
 def _layer_norm_rows(x, weight, bias, eps, out):  # [R, n], [n], [n] -> [R, n]; two passes, as the twin
     n = x.shape[1]
     for r in prange(x.shape[0]):

@@ -46,7 +46,7 @@ def matmul_nt_numpy(a, b, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N
     return bias_act_residual_numpy(a @ b.T, bias, act, residual)
 
 
-@kernel(array(2), array(2), array(2, readonly=False), array(1), types.int64, array(2), cost=9, group=MODEL)
+@kernel(array(2), array(2), array(2, readonly=False), array(1), types.int64, array(2), cost=6, group=MODEL)
 def _matmul_nt(a, w, c, bias, act, residual):  # [M, K], [N, K] -> c [M, N] (written)
     # then c = act(c + bias) + residual, with bias [N] or [0] and residual [M, N] or [0, 0] for none
     m, k_total = a.shape
