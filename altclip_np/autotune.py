@@ -7,8 +7,8 @@ matched OpenBLAS up to ~1024 rows, on a 2-core AVX2 EPYC it reached 57-70% of it
   - for each class of GEMM rows the model runs (M = 128: eight 16-token texts; 257: one image; 616: eight
     77-token texts; 2056: eight images), one encoder layer's GEMMs (4 x [1024 x 1024], [1024 x 4096],
     [4096 x 1024]) on the Numba GEMM and on NumPy's BLAS;
-  - the fused Numba attention against scores on BLAS + the Numba softmax + p v on BLAS (what runs otherwise),
-    for eight 77-token texts and one image (16 heads of 64);
+  - for each class of sequence length (16 and 77 tokens: eight texts; 257: one image; 16 heads of 64), the fused
+    Numba attention against scores on BLAS + the Numba softmax + p v on BLAS (what runs otherwise);
 and keeps the faster of each. A few seconds (so never before a one-off command's first result): `altclip-np
 tune` runs it, a program calls `ensure()`. Nothing measures on its own, since the choice of kernel changes the
 last bits of a result, and two runs of one job should agree. Until then
@@ -29,9 +29,9 @@ import numpy as np
 
 GEMM_ROWS = (128, 257, 616, 2056)  # the model's row counts, one per class
 LAYER_GEMMS = ((1024, 1024),) * 4 + ((1024, 4096), (4096, 1024))  # (K, N): q, k, v, out, fc1, fc2
-ATTENTION_JOBS = ((8, 77), (1, 257))  # (batch, tokens), 16 heads of 64
+ATTENTION_JOBS = ((8, 16), (8, 77), (1, 257))  # (batch, tokens), 16 heads of 64: one per class of tokens
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512vnni", "avx512bf16", "amx-tile")
-FILE_FORMAT = 1
+FILE_FORMAT = 2  # 2: attention chosen per class of tokens
 log = logging.getLogger("altclip_np")
 _choices = None  # this process's, once loaded or measured
 
@@ -64,7 +64,8 @@ def cache_file(key):
 
 
 def choices():
-    """{"gemm_numba": {rows: bool}, "attention_numba": bool, ...}: this machine's, if cached, else `prior()`."""
+    """{"gemm_numba": {rows: bool}, "attention_numba": {tokens: bool}, ...}: this machine's, if cached, else
+    `prior()`."""
     global _choices
     if _choices is None:
         key = cache_key()
@@ -84,24 +85,26 @@ def ensure():
 
 
 def prior(key):
-    """Before measuring: on AVX-512 (2-core EPYC Zen 4) the Numba GEMM matched or beat OpenBLAS up to 1024 rows
-    (87-110%); on AVX2 (2-core EPYC Zen 2) it reached 57-70% of OpenBLAS at every shape, so BLAS there. The fused
-    attention beat the BLAS path on AVX-512 at every measured shape."""
-    numba_gemm = key["numba_avx512"]
-    return {"gemm_numba": {str(m): numba_gemm and m <= 1024 for m in GEMM_ROWS}, "attention_numba": True,
-            "source": "prior"}
+    """Before measuring, what was measured on a 2-core EPYC Zen 4 (AVX-512, and the AVX2 build for Haswell): the
+    outer-product Numba GEMM at or above OpenBLAS up to 616 rows on both ISAs (AVX2: 126-172 GFLOP/s against
+    68-135), OpenBLAS ahead at 2056 rows; the fused attention ahead at 77 and 257 tokens (1.05x, 3x), the BLAS
+    path at 16 (0.19 against 0.29 ms for eight texts). The key is unused: one prior for both ISAs."""
+    return {"gemm_numba": {str(m): m <= 1024 for m in GEMM_ROWS},
+            "attention_numba": {str(t): t > 16 for _, t in ATTENTION_JOBS}, "source": "prior"}
+
+
+def _nearest(classes, size):  # the choice of the class nearest to `size` on a log scale
+    return classes[min(classes, key=lambda c: abs(np.log(max(size, 1) / int(c))))]
 
 
 def gemm_on_numba(rows):
-    """The choice for a GEMM of `rows` rows: that of the measured class nearest to it (on a log scale)."""
-    measured = choices()["gemm_numba"]
-    nearest = min(measured, key=lambda m: abs(np.log(max(rows, 1) / int(m))))
-    return measured[nearest]
+    """The choice for a GEMM of `rows` rows: that of the measured class nearest to it."""
+    return _nearest(choices()["gemm_numba"], rows)
 
 
 def attention_on_numba(tokens=None):
-    """The choice for attention over `tokens` keys (one choice for every length, for now)."""
-    return choices()["attention_numba"]
+    """The choice for attention over `tokens` keys (None: a 77-token text): that of the nearest class."""
+    return _nearest(choices()["attention_numba"], 77 if tokens is None else tokens)
 
 
 def load(path, key):
@@ -110,8 +113,9 @@ def load(path, key):
         data = json.loads(Path(path).read_text())
         if data.get("format") == FILE_FORMAT and data.get("key") == key:
             gemm = {str(int(m)): bool(v) for m, v in data["gemm_numba"].items()}
-            if gemm:
-                return {**data, "gemm_numba": gemm, "attention_numba": bool(data["attention_numba"])}
+            attention = {str(int(t)): bool(v) for t, v in data["attention_numba"].items()}
+            if gemm and attention:
+                return {**data, "gemm_numba": gemm, "attention_numba": attention}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         pass
     return None
@@ -145,15 +149,15 @@ def measure(gemm_rows=GEMM_ROWS, layer_gemms=LAYER_GEMMS, attention_jobs=ATTENTI
                  "blas": lambda: [xs[w.shape[1]] @ w.T for w in weights]}
         gemm_times[str(m)] = t = _median_interleaved(sides, reps)
         gemm_numba[str(m)] = t["numba"] <= t["blas"]
-    attention_times, wins = {}, 0
+    attention_times, attention_numba = {}, {}
     for batch, tokens in attention_jobs:
         q, k, v = (rng.standard_normal((batch, 16, tokens, 64), dtype=np.float32) for _ in range(3))
         mask = np.zeros((batch, 1, 1, tokens), np.float32)
         sides = {"numba": lambda: K.attention(q, k, v, mask, 0.125),
                  "blas": lambda: K.softmax(q @ k.transpose(0, 1, 3, 2), 0.125, mask) @ v}
         attention_times[f"{batch}x{tokens}"] = t = _median_interleaved(sides, reps)
-        wins += t["numba"] <= t["blas"]
-    return {"gemm_numba": gemm_numba, "attention_numba": 2 * wins >= len(attention_jobs),
+        attention_numba[str(tokens)] = t["numba"] <= t["blas"]
+    return {"gemm_numba": gemm_numba, "attention_numba": attention_numba,
             "seconds": {"gemm": gemm_times, "attention": attention_times}, "source": "measured",
             "measured_at": time.time()}
 

@@ -238,8 +238,8 @@ def cmd_tune(args):
         side = "Numba GEMM" if data["gemm_numba"][m] else "BLAS GEMM"
         print(f"{f'encoder-layer GEMMs M={m}':<24}{t['numba'] * 1e3:>10.2f}{t['blas'] * 1e3:>10.2f}  {side}")
     for job, t in data["seconds"]["attention"].items():
-        print(f"{f'attention {job}':<24}{t['numba'] * 1e3:>10.2f}{t['blas'] * 1e3:>10.2f}")
-    print(f"attention: {'the fused Numba kernel' if data['attention_numba'] else 'BLAS + Numba softmax'}")
+        side = "fused Numba" if data["attention_numba"][job.split("x")[1]] else "BLAS + Numba softmax"
+        print(f"{f'attention {job}':<24}{t['numba'] * 1e3:>10.2f}{t['blas'] * 1e3:>10.2f}  {side}")
     print(f"saved to {path}")
 
 

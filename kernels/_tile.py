@@ -1,4 +1,7 @@
-"""The register tile shared by the GEMM and the attention kernel: 4 x 4 dot products over a K-range.
+"""The register tiles of the kernels: the GEMM's outer-product tile, and attention's 4 x 4 dot products.
+
+`outer_tile` (matmul.py's micro-kernel) is described there and in gemm_ladder.py, step 4. The rest of this
+docstring is about `dot_tile`, a 4 x 4 tile of dot products over a K-range.
 
 Both operands keep K contiguous (`x @ w.T` with w [N, K] is the checkpoint layout), so the tile is written
 as 16 dot products: per step of k it loads 4 values of A and 4 of B and does 16 multiply-adds. With
@@ -9,7 +12,9 @@ because LLVM only vectorises loops whose body it can see in full.
 import llvmlite.binding as llvm
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 MR = 4  # rows of A per tile
 NR = 4  # rows of B (columns of C) per tile
@@ -76,3 +81,53 @@ def store_tile(c, i0, j0, tile, m, n, accumulate):  # c[i0+i, j0+j] (+)= tile[i]
                         c[i0 + i, j0 + j] += tile[i][j]
                     else:
                         c[i0 + i, j0 + j] = tile[i][j]
+
+
+@intrinsic
+def stack_tile(typingctx, rows, cols):  # -> [rows, cols] float32 on the stack, uninitialised; rows, cols constants
+    """A register tile written as an array. An `np.empty` array is allocated by Numba's runtime, which LLVM
+    cannot see through (it might alias A or B), so every `acc[i, j] +=` would stay a load and a store. A
+    stack buffer (`alloca`) of constant size whose indices are constants once the loops over i and j are
+    unrolled is split by LLVM (SROA) into scalars, which then live in registers."""
+    if not (isinstance(rows, types.IntegerLiteral) and isinstance(cols, types.IntegerLiteral)):
+        return None
+    r, c = rows.literal_value, cols.literal_value
+    tile = types.Array(types.float32, 2, "C")
+
+    def codegen(context, builder, sig, args):
+        f32 = context.get_value_type(types.float32)
+        data = cgutils.alloca_once(builder, f32, size=r * c)
+        array = context.make_array(tile)(context, builder)
+        intp = context.get_value_type(types.intp)
+        context.populate_array(array, data=data, shape=[intp(r), intp(c)], strides=[intp(4 * c), intp(4)],
+                               itemsize=intp(4), meminfo=None)
+        return array._getvalue()
+    return tile(rows, cols), codegen
+
+
+# The outer-product tile by register file (the register budget is in matmul.py's docstring): MR rows of A
+# (vector lanes: 2 zmm or 4 ymm) x NR rows of W (broadcast)
+OUTER_MR, OUTER_NR = (32, 10) if target_has_avx512() else (32, 3)
+
+
+@njit(**JIT)  # a call per tile, not inlined: the same speed, and 2 s less to compile the GEMM
+def outer_tile(ap, w, j0, k0, kc, c, i0, m, n, accumulate):
+    # ap [>= kc, MR]: A[i0:i0+MR, k0:k0+kc] k-major; w [N, K] -> c[i0+i, j0+j] (+)= sum_k A[i0+i, k] w[j0+j, k]
+    # for the part inside [m, n]; rows of w past n - 1 read row n - 1 (computed, not stored)
+    acc = stack_tile(OUTER_NR, OUTER_MR)  # C^T's tile: acc[j, i]
+    for j in range(OUTER_NR):
+        for i in range(OUTER_MR):
+            acc[j, i] = 0.0
+    for k in range(kc):  # a rank-1 update per k: no reductions, no shuffles
+        kk = np.uint64(k0 + k)  # unsigned: no negative-index wrap-around check in the loop
+        for i in range(OUTER_MR):  # (i outside j: LLVM vectorises this loop, MR / lanes loads of A)
+            aki = ap[k, i]
+            for j in range(OUTER_NR):
+                acc[j, i] += w[np.uint64(min(j0 + j, n - 1)), kk] * aki  # one broadcast per row of w
+    for i in range(min(OUTER_MR, m - i0)):  # bounded by MR, NR: LLVM unrolls, acc's indices stay constants
+        for j in range(min(OUTER_NR, n - j0)):
+            ii, jj = np.uint64(i0 + i), np.uint64(j0 + j)
+            if accumulate:
+                c[ii, jj] += acc[j, i]
+            else:
+                c[ii, jj] = acc[j, i]

@@ -72,7 +72,9 @@ def _store_out(o, i0, j0, tile, m, n, inv_sum):  # o[i0 + i, j0 + j] = tile * in
 def _rows_times(p, i0, m, red, acc):  # acc[:MR, :n] = p[i0:i0 + MR, :red] @ m[:red, :n]; red a multiple of NR
     # axpys over the rows of m, vectorised over n: MR rows and NR rows of m per pass over acc, so each load of m
     # serves MR rows and each store of acc NR products (one per pass waited on store-to-load latency)
-    acc[:] = 0.0
+    for i in range(MR):
+        for j in range(acc.shape[1]):
+            acc[i, j] = 0.0
     for r in range(0, red, NR):
         a0, a1, a2, a3 = p[i0, r], p[i0, r + 1], p[i0, r + 2], p[i0, r + 3]
         b0, b1, b2, b3 = p[i0 + 1, r], p[i0 + 1, r + 1], p[i0 + 1, r + 2], p[i0 + 1, r + 3]
@@ -86,7 +88,7 @@ def _rows_times(p, i0, m, red, acc):  # acc[:MR, :n] = p[i0:i0 + MR, :red] @ m[:
             acc[3, j] += e0 * m0 + e1 * m1 + e2 * m2 + e3 * m3
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)  # not inlined into the parallel kernel: its compile took 14 s inlined, 8 s not
 def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, acc, qp, s_flat, scratch,
                     row_max, inv_sum):
     # one head: q, out [Tq, D]; k, v [T, D]; mask_b [T]; probs [Tq, T] (written if want_probs); the rest scratch
@@ -95,17 +97,26 @@ def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, 
     tp, dp = kp.shape
     s = s_flat.reshape((RB, tp))
     shifted = scratch.reshape((RB, tp))
-    kp[:t, :d] = k
+    # Element loops, not slice assignments: Numba compiles each slice assignment of a new pair of array types
+    # into a function of its own, and these copies cost 6 of the kernel's 17 s of compiling.
+    for j in range(t):
+        for c in range(d):
+            kp[j, c] = k[j, c]
     if t > SHORT:
-        vt[:d, :t] = v.T
+        for j in range(t):
+            for c in range(d):
+                vt[c, j] = v[j, c]
     else:
-        vp[:t] = v
+        for j in range(t):
+            for c in range(d):
+                vp[j, c] = v[j, c]
     for r0 in range(0, tq, RB):
         rb = min(RB, tq - r0)
         rbp = (rb + MR - 1) // MR * MR
-        qp[:rb, :d] = q[r0:r0 + rb]
-        qp[rb:rbp, :] = 0.0
-        row_max[:] = -np.inf
+        for i in range(rbp):
+            for c in range(d):
+                qp[i, c] = q[r0 + i, c] if i < rb else np.float32(0.0)
+            row_max[i] = -np.inf
         for i0 in range(0, rbp, MR):  # [rb, D] x [T, D] -> [rb, T]
             for j0 in range(0, tp, NR):
                 _store_scores(s, i0, j0, dot_tile(qp, i0, kp, j0, 0, dp), t, scale, mask_b, row_max)
@@ -137,7 +148,7 @@ def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kp, vt, vp, 
 
 
 @kernel(array(4, "A"), array(4, "A"), array(4, "A"), array(2), types.float32, array(4, "A", readonly=False),
-        array(4, readonly=False), types.boolean, types.int64, cost=19, group=MODEL)
+        array(4, readonly=False), types.boolean, types.int64, cost=8, group=MODEL)
 def _attention(q, k, v, mask, scale, out, probs, want_probs, group):
     # q, out [B, H, Tq, D]; k, v [B, H, T, D]; mask [B, T] additive; probs [B, H, Tq, T] (a dummy unless
     # want_probs); group: (batch, head) pairs per task

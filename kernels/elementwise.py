@@ -129,8 +129,8 @@ def softmax_row(x, out, scratch):  # x [n] -> out [n] = exp(x - max) / sum; out 
         out[j] *= inv
 
 
-# warm=False: no backend runs it (layers.attention would, were attention not on its fused kernel)
-@kernel(array(2), array(2, readonly=False), types.float32, array(2), types.int64, cost=4, warm=False)
+# in the model group: `auto` runs it for short sequences (scores on BLAS, then this, then p v on BLAS)
+@kernel(array(2), array(2, readonly=False), types.float32, array(2), types.int64, cost=2, group=MODEL)
 def _softmax_rows(x, out, scale, mask, rows_per_mask):  # [R, n] -> [R, n]; mask [R / rows_per_mask, n] or [0, n]
     n = x.shape[1]
     for r in prange(x.shape[0]):
@@ -145,7 +145,7 @@ def _softmax_rows(x, out, scale, mask, rows_per_mask):  # [R, n] -> [R, n]; mask
         softmax_row(o, o, np.empty(n, np.float32))
 
 
-@kernel(array(2), array(1), array(1), types.float32, array(2, readonly=False), cost=2, group=MODEL)
+@kernel(array(2), array(1), array(1), types.float32, array(2, readonly=False), cost=1, group=MODEL)
 def _layer_norm_rows(x, weight, bias, eps, out):  # [R, n], [n], [n] -> [R, n]; two passes, as the twin
     n = x.shape[1]
     for r in prange(x.shape[0]):

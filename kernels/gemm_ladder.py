@@ -10,16 +10,16 @@ with two FMA pipes (Zen 4: 2 x 256-bit, so one 16-float zmm FMA or two 8-float y
   4. `gemm_blis`      packed micro-panels, an outer-product micro-kernel and KC/MC/NC cache blocking (BLIS).
   5. `gemm_parallel`  step 4 on blocks of C handed to the threads one at a time.
 
-The fast GEMM the model uses is `matmul.matmul_nt`: step 3's tile with packed, blocked and parallel loops.
+The fast GEMM the model uses is `matmul.matmul_nt`: step 5 with the operands' roles swapped (A packed and
+loaded as vectors, the weights broadcast straight from the checkpoint's [out, in] rows, so they are never
+packed), its tile `_tile.outer_tile`, and the bias/activation/residual epilogue fused.
 """
 import numba
 import numpy as np
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from ._tile import JIT as OPTS  # the kernels' options: reassociation lets LLVM reorder sums, so vectorise them
-from ._tile import target_has_avx512
+from ._tile import stack_tile, target_has_avx512
 
 
 def gemm_numpy(a, b):  # [M, K], [N, K] -> [M, N]
@@ -61,28 +61,6 @@ def gemm_dot(a, b, c):  # [M, K], [N, K] -> c [M, N]
 
 
 # ---- 3. register tile of dot products ----------------------------------------------------------------------
-
-@intrinsic
-def stack_tile(typingctx, rows, cols):  # -> [rows, cols] float32 on the stack, uninitialised; rows, cols constants
-    """A register tile written as an array. An `np.empty` array is allocated by Numba's runtime, which LLVM
-    cannot see through (it might alias A or B), so every `acc[i, j] +=` would stay a load and a store. A
-    stack buffer (`alloca`) of constant size whose indices are constants once the loops over i and j are
-    unrolled is split by LLVM (SROA) into scalars, which then live in registers."""
-    if not (isinstance(rows, types.IntegerLiteral) and isinstance(cols, types.IntegerLiteral)):
-        return None
-    r, c = rows.literal_value, cols.literal_value
-    tile = types.Array(types.float32, 2, "C")
-
-    def codegen(context, builder, sig, args):
-        f32 = context.get_value_type(types.float32)
-        data = cgutils.alloca_once(builder, f32, size=r * c)
-        array = context.make_array(tile)(context, builder)
-        intp = context.get_value_type(types.intp)
-        context.populate_array(array, data=data, shape=[intp(r), intp(c)], strides=[intp(4 * c), intp(4)],
-                               itemsize=intp(4), meminfo=None)
-        return array._getvalue()
-    return tile(rows, cols), codegen
-
 
 DOT_MR = DOT_NR = 4  # as _tile.dot_tile: 16 accumulators
 

@@ -1,39 +1,44 @@
-"""Single-precision GEMM `C = A @ B.T` (B in the checkpoint's [out, in] layout), GotoBLAS/BLIS style.
+"""Single-precision GEMM `C = A @ W.T` (W in the checkpoint's [out, in] layout): a BLIS-style kernel.
 
-The maths is one line (`matmul_nt_numpy`); the Numba version is about where the data sits:
-  - B is cut into blocks of NC rows (output columns) x KC of K. A block is packed into a contiguous,
-    zero-padded buffer (NC x KC x 4 B = 1 MiB, the size of L2) and reused against every row of A in the task.
-    For M <= SMALL_M (texts, one image) the block is NC_SMALL rows, so it stays in L2 beside A and C.
-  - A is walked MR rows at a time; its MR x KC micro-panel is packed too (16 KiB: it stays in L1; rows past
-    M repeat the last row, so the micro-kernel never sees a ragged edge) and reused against every NR rows
-    of the B block.
-  - The micro-kernel (`_tile.dot_tile`) keeps an MR x NR tile of C in registers while it runs over KC. It
-    vectorises over k, so each tile ends with 16 horizontal reductions; a long KC (1024) amortises them.
-  - `prange` runs over tasks = (block of NC columns) x (block of up to MC rows): each task writes its own
-    part of C (no write sharing). MC only matters for large M; up to M = MC a task is a whole column block.
-  - The epilogue act(C + bias) + residual (`elementwise.epilogue_row`) runs on each task's block of C as soon
-    as the block is done, while it is still in L2. Measured against the same GEMM followed by a separate
-    row pass: within +-3% at M = 257 and 616 (the epilogue itself costs 2-6% of these GEMMs), so it is kept for
-    one call instead of two, not for speed.
-  - The tasks are handed out one at a time (dynamic scheduling, `parallel_chunksize(1)`), not split in
-    two halves up front: on a shared 2-core machine one core is often busy for a while (another process,
-    or OpenBLAS's worker thread, which spins for ~0.1 s after each numpy GEMM), and with a static split
-    the whole GEMM waits for the thread on the busy core. Measured at M = 2056 right after a numpy GEMM:
-    static 52-60% of OpenBLAS, dynamic 88-100%.
+The maths is one line (`matmul_nt_numpy`). The kernel is the GotoBLAS/BLIS GEMM of `gemm_ladder.py` (steps 4-5:
+an outer-product micro-kernel, packing, cache blocking, parallel blocks) with one change that suits a model:
+the operands swap roles, so the weights are never packed.
+  - The micro-kernel (`_tile.outer_tile`) computes a tile of C^T = W A^T: per step of k it loads MR values
+    of A as vectors and broadcasts NR values of W, one from each of NR rows of W, and adds their outer product
+    to MR x NR accumulators that stay in registers for all KC steps. Broadcasts read W where it lies (each
+    row of W is contiguous in k), so the weights, memory-mapped from the checkpoint, are read once per call and
+    never copied; only A (the activations: M x K, small beside W at the model's M) is packed, once per call,
+    into k-major panels of MR rows. The last M % MR rows take plain dot products instead of a padded panel
+    (which at M = 257 would compute 31 rows for nothing). The classic layout packs the broadcast operand instead;
+    here that would copy all of W on every call (as the dot-product kernel this replaced did, 10-25% of a
+    GEMM at 128-257 rows).
+  - The tile by register file (`_tile.OUTER_MR, OUTER_NR`): AVX-512 (32 zmm of 16 floats) 32 x 10: 2 x 10 = 20
+    accumulators + 2 vectors of A + up to 10 broadcasts = 32; AVX2 (16 ymm of 8 floats) 32 x 3: 4 x 3 = 12
+    accumulators + 3 broadcasts + 1 vector of A loaded at a time = 16. Both spill-free (the ladder's analysis,
+    `gemm_ladder.py` step 4); the 4 x 4 dot-product tile of before kept 24 vectors live and spilled on AVX2.
+  - Blocking: KC = 512 of K per micro-kernel call (C's tile is read and written once per KC; longer KC amortises
+    that, shorter keeps A's micro-panel, 32 x 512 x 4 B = 64 KiB, in L1/L2). A task is a block of MC rows x NT
+    columns of C; it walks its A micro-panels and, for each, the NT / NR micro-panels of W (NT x KC x 4 B =
+    256 KiB: L2).
+  - `prange` over tasks, handed out one at a time (`parallel_chunksize(1)`): on a shared 2-core machine a
+    thread whose core is busy (another process, OpenBLAS's spinning worker) takes fewer tasks instead of
+    holding up the GEMM. Each task writes only its block of C.
+  - The epilogue act(C + bias) + residual (`elementwise.epilogue_row`) runs on each task's block as soon as
+    it is done, while the block is in cache: one call instead of a GEMM and a row pass.
 """
 import numba
 import numpy as np
 from numba import prange, types
 
 from ._jit import MODEL, array, kernel
-from ._tile import MR, NR, dot_tile, store_tile
+from ._tile import OUTER_MR as MR
+from ._tile import OUTER_NR as NR
+from ._tile import outer_tile
 from .elementwise import ACT_NONE, _res, _vec, bias_act_residual_numpy, epilogue_row
 
-KC = 1024  # K per packed block: MR x KC of A (16 KiB) fits L1. 512 was 5-10% slower (more reductions per flop)
-NC = 256  # rows of B (columns of C) per block: NC x KC of B (1 MiB) fits L2; fewer re-packs of A than 128
-NC_SMALL, SMALL_M = 128, 512  # the block for M <= SMALL_M: measured 0-6% faster at M = 128, 512; same at 257
-MC = 1024  # at most this many rows of A per task, split evenly: one task per column block up to M = 1024 (a
-# 512 + 104 split of M = 616 packed each B block twice, the second time for only 104 rows: measured 2-4% slower)
+KC = 512  # K per micro-kernel call (1024 and 2048 measured no faster with the weights streamed from memory)
+MC = 256  # rows of A (C) per task
+NT = NR * -(-128 // NR)  # columns of C (rows of W) per task: about 128, a multiple of NR
 
 
 def matmul_nt_numpy(a, b, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N, K] -> [M, N]
@@ -41,54 +46,61 @@ def matmul_nt_numpy(a, b, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N
     return bias_act_residual_numpy(a @ b.T, bias, act, residual)
 
 
-@kernel(array(2), array(2), array(2, readonly=False), array(1), types.int64, array(2), types.int64, cost=9,
-        group=MODEL)
-def _matmul_nt(a, b, c, bias, act, residual, nc_block):  # [M, K], [N, K] -> c [M, N] (written)
+@kernel(array(2), array(2), array(2, readonly=False), array(1), types.int64, array(2), cost=6, group=MODEL)
+def _matmul_nt(a, w, c, bias, act, residual):  # [M, K], [N, K] -> c [M, N] (written)
     # then c = act(c + bias) + residual, with bias [N] or [0] and residual [M, N] or [0, 0] for none
     m, k_total = a.shape
-    n = b.shape[0]
+    n = w.shape[0]
+    panels = m // MR  # whole panels of MR rows; the last m % MR rows take dot products instead
+    ap = np.empty((panels, k_total, MR), np.float32)  # A^T in k-major panels of MR rows
+    for p in prange(panels):
+        for k in range(k_total):  # (an element loop: a slice assignment compiles into a function of its own)
+            for r in range(MR):
+                ap[p, k, r] = a[p * MR + r, k]
     epilogue = bias.shape[0] > 0 or act != ACT_NONE or residual.shape[0] > 0
-    n_blocks = (n + nc_block - 1) // nc_block
-    m_blocks = max(1, (m + MC - 1) // MC)
-    mc = ((m + m_blocks - 1) // m_blocks + MR - 1) // MR * MR  # rows per task, a multiple of MR
+    n_blocks = (n + NT - 1) // NT
+    pm = MC // MR  # A micro-panels per task
+    m_blocks = max(1, (panels + pm - 1) // pm)
     for task in prange(n_blocks * m_blocks):
-        n0 = task // m_blocks * nc_block
-        nc = min(nc_block, n - n0)
-        ncp = (nc + NR - 1) // NR * NR
-        m0 = task % m_blocks * mc
-        m1 = min(m, m0 + mc)
-        bp = np.zeros((ncp, KC), np.float32)  # packed B block, rows past N stay zero
-        ap = np.empty((MR, KC), np.float32)  # packed A micro-panel
-        c_block = c[:, n0:n0 + nc]
+        n0 = task // m_blocks * NT
+        n1 = min(n, n0 + NT)
+        p0 = task % m_blocks * pm
+        p1 = min(panels, p0 + pm)
+        m1 = m if p1 == panels else p1 * MR  # the last row block also takes the rows past the whole panels
         for k0 in range(0, k_total, KC):
             kc = min(KC, k_total - k0)
-            # Slice copies, not element loops: Numba turns these into fast contiguous copies (element loops
-            # measured ~20% slower overall).
-            for j in range(nc):
-                bp[j, :kc] = b[n0 + j, k0:k0 + kc]
-            for i0 in range(m0, m1, MR):
-                for i in range(MR):
-                    ap[i, :kc] = a[min(i0 + i, m - 1), k0:k0 + kc]
-                for j0 in range(0, ncp, NR):
-                    tile = dot_tile(ap, 0, bp, j0, 0, kc)
-                    store_tile(c_block, i0, j0, tile, m1, nc, k0 > 0)
+            for p in range(p0, p1):
+                for j0 in range(n0, n1, NR):
+                    outer_tile(ap[p, k0:k0 + kc], w, j0, k0, kc, c, p * MR, m, n1, k0 > 0)
+            for i in range(p1 * MR, m1):  # fewer than MR rows: a padded panel would compute up to MR - 1 rows
+                ai = a[i, k0:k0 + kc]  # for nothing (11% of M = 257), dot products (gemm_ladder step 2) do not
+                for j in range(n0, n1):
+                    wj = w[j, k0:k0 + kc]
+                    total = np.float32(0.0)
+                    for kk in range(kc):
+                        total += ai[kk] * wj[kk]
+                    c[i, j] = total + c[i, j] if k0 > 0 else total
         if epilogue:
-            e, scratch = np.empty(nc, np.float32), np.empty(nc, np.float32)
-            for i in range(m0, m1):
-                epilogue_row(c, i, n0, n0 + nc, bias, act, residual, e, scratch)
+            e, scratch = np.empty(n1 - n0, np.float32), np.empty(n1 - n0, np.float32)
+            for i in range(p0 * MR, m1):
+                epilogue_row(c, i, n0, n1, bias, act, residual, e, scratch)
 
 
 def matmul_nt(a, b, out=None, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N, K] -> [M, N]
     """act(a @ b.T + bias) + residual in float32 with the Numba GEMM (the same contract as `matmul_nt_numpy`).
-    `b` may be a read-only memory map; it is never copied whole."""
+    `b` may be a read-only memory map; it is never copied."""
     a = np.ascontiguousarray(a, dtype=np.float32)
     b = np.ascontiguousarray(b, dtype=np.float32)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"matmul_nt expects a [M, K] and b [N, K]; got {a.shape} and {b.shape}")
     if out is None:
         out = np.empty((a.shape[0], b.shape[0]), np.float32)
     elif out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != (a.shape[0], b.shape[0]):
         raise ValueError(f"out must be a C-contiguous float32 array of shape {(a.shape[0], b.shape[0])}, got "
                          f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not C-contiguous)'}")
-    nc_block = NC_SMALL if a.shape[0] <= SMALL_M else NC
+    if 0 in a.shape or b.shape[0] == 0:  # nothing to sum (K = 0: C is act(0 + bias) + residual)
+        out[...] = matmul_nt_numpy(a, b, bias, act, residual)
+        return out
     with numba.parallel_chunksize(1):  # dynamic scheduling: a thread on a busy core just takes fewer tasks
-        _matmul_nt(a, b, out, _vec(bias), act, _res(residual, out.shape[1]), nc_block)
+        _matmul_nt(a, b, out, _vec(bias), act, _res(residual, out.shape[1]))
     return out

@@ -13,7 +13,8 @@ import pytest
 
 from altclip_np import autotune, backend, fast
 
-FAKE = {"gemm_numba": {"128": True, "257": False, "616": False, "2056": True}, "attention_numba": False,
+FAKE = {"gemm_numba": {"128": True, "257": False, "616": False, "2056": True},
+        "attention_numba": {"16": False, "77": False, "257": True},
         "seconds": {}, "source": "measured"}
 
 
@@ -35,7 +36,7 @@ def test_ensure_measures_once_then_reads_the_cache(cache):
     assert written["key"] == autotune.cache_key() and written["gemm_numba"] == FAKE["gemm_numba"]
     autotune.reset()
     assert autotune.ensure()["gemm_numba"] == first["gemm_numba"] == FAKE["gemm_numba"]
-    assert autotune.choices()["attention_numba"] is False
+    assert autotune.choices()["attention_numba"] == FAKE["attention_numba"]
     assert len(cache) == 1  # the second process-equivalent read the file
 
 
@@ -51,7 +52,7 @@ def test_a_cache_with_another_key_is_ignored_and_replaced(cache):
     path = autotune.cache_file(key)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"format": autotune.FILE_FORMAT, "key": {**key, "numba_threads": 99},
-                                "gemm_numba": {"128": False}, "attention_numba": True}))
+                                "gemm_numba": {"128": False}, "attention_numba": {"77": True}}))
     assert autotune.choices()["source"] == "prior"
     assert autotune.ensure()["gemm_numba"] == FAKE["gemm_numba"] and len(cache) == 1
     assert json.loads(path.read_text())["key"] == key
@@ -80,7 +81,10 @@ def test_the_auto_backend_follows_the_choices(cache, monkeypatch):
     ops = fast.ops()
     assert [ops.gemm_on_numba(m) for m in (1, 100, 190, 300, 616, 1000, 1200, 5000)] == \
         [True, True, False, False, False, False, True, True]
-    assert ops.attention_on_numba(77) is False
+    # attention likewise by tokens (classes 16, 77, 257: boundaries 35 and 141); None is a 77-token text
+    assert [ops.attention_on_numba(t) for t in (1, 34, 36, 140, 142, 600)] == \
+        [False, False, False, False, True, True]
+    assert autotune.attention_on_numba(None) is False
     monkeypatch.setattr(backend, "_backend", "numba")
     ops = fast.ops()
     assert ops.gemm_on_numba(300) and ops.attention_on_numba(77)
@@ -94,8 +98,9 @@ def test_measure_times_both_sides_and_keeps_the_faster():
     for m, t in out["seconds"]["gemm"].items():
         assert t["numba"] > 0 and t["blas"] > 0
         assert out["gemm_numba"][m] == (t["numba"] <= t["blas"])
-    wins = sum(t["numba"] <= t["blas"] for t in out["seconds"]["attention"].values())
-    assert set(out["seconds"]["attention"]) == {"1x9", "2x5"} and out["attention_numba"] == (wins >= 1)
+    assert set(out["seconds"]["attention"]) == {"1x9", "2x5"}
+    for job, t in out["seconds"]["attention"].items():
+        assert out["attention_numba"][job.split("x")[1]] == (t["numba"] <= t["blas"])
 
 
 def test_the_tune_command_measures_and_saves(tmp_path):

@@ -263,8 +263,8 @@ def test_cold_first_run_says_it_compiles_and_gives_the_warm_bits(ckpt, photos, t
     assert warm.stderr == ""  # loaded from the cache: nothing to say
     assert warm.stdout == cold.stdout  # the JSON prints every score with repr(): equal text is equal bits
     assert classify({"NUMBA_NUM_THREADS": "1"}).stdout == cold.stdout
-    # classify compiled the model's three kernels and nothing else; warmup compiles the one left
+    # classify compiled the model's four kernels and nothing else; warmup compiles the one left
     lines = run("warmup", env=cache).stdout.splitlines()
-    assert lines[:4] == ["cached    _layer_norm_rows", "compiled  _bias_act_residual_rows", "cached    _attention",
-                         "cached    _matmul_nt"], lines
-    assert lines[4].startswith("4 Numba kernels ready for this CPU (1 compiled now")
+    assert lines[:5] == ["cached    _softmax_rows", "cached    _layer_norm_rows", "compiled  _bias_act_residual_rows",
+                         "cached    _attention", "cached    _matmul_nt"], lines
+    assert lines[5].startswith("5 Numba kernels ready for this CPU (1 compiled now")

@@ -1,6 +1,10 @@
 """Every Numba kernel of `kernels/` against its NumPy twin, on awkward shapes (nothing a multiple of a tile or
 block: 1 row, 1 key, a ragged last block), at float32 tolerance. No timing here: see tools/bench.py."""
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +14,7 @@ import altclip_np.kernels as K
 from altclip_np.kernels import _jit
 from altclip_np.kernels.attention import RB, SHORT
 from conftest import TINY_CONFIGS, images, text_batch
-from altclip_np.kernels.matmul import KC, MC, NC, NC_SMALL, SMALL_M
+from altclip_np.kernels.matmul import KC, MC, MR, NR, NT
 
 RNG = np.random.default_rng(0)
 F32_MIN = np.finfo(np.float32).min
@@ -27,24 +31,59 @@ def close(ours, ref, atol=1e-5, rtol=1e-5):
 
 # ---- matmul --------------------------------------------------------------------------------------------------
 
-# M <= SMALL_M cuts C into NC_SMALL columns per block, larger M into NC: both with a ragged last block;
-# M > MC splits the rows of A too (two tasks per column block)
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 5, 7), (257, 70, 45), (5, KC + 3, NC_SMALL + 5),
-                                   (9, 2 * KC + 1, 2 * NC - 1), (64, 128, 256), (SMALL_M + 3, 70, NC + 5),
-                                   (MC + 3, 70, 45)])
+# Nothing a multiple of the tile (MR rows of A x NR rows of W), of a task (MC rows x NT columns) or of KC:
+# ragged last tiles, tasks and K blocks; M > MC splits the rows into tasks too; K = 0 sums nothing
+SHAPES = [(1, 1, 1), (3, 5, 7), (257, 70, 45), (5, KC + 3, NT + 5), (9, 2 * KC + 1, 2 * NT - 1), (64, 128, 256),
+          (MC + 3, 70, NT + NR + 1), (2 * MC + MR + 1, 33, 45), (MR, 40, 9), (4, 0, 3)]
+
+
+@pytest.mark.parametrize("m,k,n", SHAPES)
 def test_matmul_nt(m, k, n):
     a, b = randn(m, k), randn(n, k)
-    close(K.matmul_nt(a, b), K.matmul_nt_numpy(a, b), atol=2e-5 * math.sqrt(k))
+    close(K.matmul_nt(a, b), K.matmul_nt_numpy(a, b), atol=2e-5 * math.sqrt(max(k, 1)))
 
 
 @pytest.mark.parametrize("act", [K.ACT_NONE, K.ACT_GELU, K.ACT_QUICK_GELU])
-# one block of C; several, ragged, 2 K blocks; NC-column blocks (M > SMALL_M)
-@pytest.mark.parametrize("m,k,n", [(3, 5, 7), (70, KC + 3, NC + 5), (SMALL_M + 3, 40, NC + 5)])
+# one task; several, ragged, 2 K blocks; several row blocks (M > MC)
+@pytest.mark.parametrize("m,k,n", [(3, 5, 7), (70, KC + 3, NT + 5), (MC + 3, 40, NT + 5)])
 def test_matmul_nt_epilogue(act, m, k, n):
     # act(a b^T + bias) + residual applied to each block of C inside the GEMM, against the twin's separate steps
     a, b, bias, res = randn(m, k), randn(n, k, scale=0.1), randn(n), randn(m, n)
     for kw in ({"bias": bias, "act": act}, {"bias": bias, "act": act, "residual": res}, {"act": act, "residual": res}):
         close(K.matmul_nt(a, b, **kw), K.matmul_nt_numpy(a, b, **kw), atol=2e-5 * math.sqrt(k))
+
+
+AVX2_CHILD = r"""
+import json, sys
+import numpy as np
+from altclip_np.kernels import _jit, _tile, matmul as M
+from altclip_np.kernels.elementwise import ACT_QUICK_GELU
+_jit.ensure([M._matmul_nt])  # this kernel alone, compiled for the target of this process's environment
+rng = np.random.default_rng(1)
+worst = 0.0
+for m, k, n in json.loads(sys.argv[1]):
+    a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((n, k), dtype=np.float32)
+    bias, res = rng.standard_normal(n, dtype=np.float32), rng.standard_normal((m, n), dtype=np.float32)
+    for kw in ({}, {"bias": bias, "act": ACT_QUICK_GELU, "residual": res}):
+        ours, ref = M.matmul_nt(a, b, **kw), M.matmul_nt_numpy(a, b, **kw)
+        np.testing.assert_allclose(ours, ref, atol=2e-5 * max(k, 1) ** 0.5, rtol=1e-5)
+        worst = max(worst, float(np.abs(ours - ref).max()))
+print(json.dumps({"avx512": _tile.target_has_avx512(), "tile": [M.MR, M.NR], "worst": worst}))
+"""
+
+
+@pytest.mark.slow
+def test_matmul_nt_avx2_variant(tmp_path):
+    # The AVX2 tile (32 x 3), compiled for Haswell in a child with a fresh cache, whatever this machine has
+    # (on an AVX-512 host NUMBA_CPU_NAME alone keeps the host's features: NUMBA_CPU_FEATURES="" drops them).
+    # Observed max abs difference from the NumPy twin: ~1.5e-4 (K = 1027, sums of ~30 in magnitude).
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="")
+    run = subprocess.run([sys.executable, "-c", AVX2_CHILD, json.dumps(SHAPES)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["avx512"] is False and out["tile"] == [32, 3]
+    assert out["worst"] < 1e-3
 
 
 def test_matmul_read_only_weight_and_out():

@@ -41,7 +41,8 @@ CKPT = CACHE / "altclip-large-random"
 if "--checkpoint" in sys.argv:  # read here, like --threads: the worker processes get it on their command line
     CKPT = Path(sys.argv[sys.argv.index("--checkpoint") + 1]).resolve()
 LABELS = ["a photo of a cat", "a photo of a dog", "a photo of a car"]
-GEMM_SHAPES = [(m, k, n) for m in (257, 2056) for k, n in ((1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024))]
+GEMM_SHAPES = [(m, k, n) for m in (128, 257, 512, 616, 2056)  # the rows of the model's GEMMs: texts, images
+               for k, n in ((1024, 1024), (1024, 3072), (1024, 4096), (4096, 1024))]
 ATTN_SHAPES = [(1, 257), (8, 257), (8, 16), (8, 77), (32, 16)]  # (batch, tokens), 16 heads of 64
 TEXT = dict(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
             intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1, project_dim=768,
@@ -113,21 +114,67 @@ def text_flops(batch, tokens):
 # ---- sections ---------------------------------------------------------------------------------------------------
 
 def gemm_section(reps):
+    """GFLOP/s of the Numba GEMM and OpenBLAS (in this process) and, where ONNX Runtime is installed, of its
+    MLAS sgemm (a MatMul with the weight as an initializer, so MLAS packs it once when the session is created,
+    as it does for a model) in a process of its own; the three run in turn, `reps` times, medians."""
     from altclip_np.kernels import matmul_nt
 
     rng = np.random.default_rng(0)
+    mlas = Worker("mlas") if bench_peers.installed("onnxruntime") else None
     rows, peak = [], 0.0
     for m, k, n in GEMM_SHAPES:
         a = rng.standard_normal((m, k), dtype=np.float32)
         w = rng.standard_normal((n, k), dtype=np.float32)
         out = np.empty((m, n), np.float32)
-        fastest = {}
-        t = median_alternating({"numba": lambda: matmul_nt(a, w, out), "blas": lambda: a @ w.T}, reps, best=fastest)
-        gf = {s: 2 * m * k * n / t[s] / 1e9 for s in t}
-        peak = max(peak, 2 * m * k * n / fastest["blas"] / 1e9)  # the machine's sgemm peak: OpenBLAS's best run
-        rows.append(f"| {m} x {k} x {n} | {gf['numba']:.0f} | {gf['blas']:.0f} | {gf['numba'] / gf['blas']:.0%} |")
-    table = ["| GEMM M x K x N | Numba GFLOP/s | OpenBLAS GFLOP/s | Numba / OpenBLAS |", "|---|---|---|---|", *rows]
+        calls = {"numba": lambda: matmul_nt(a, w, out), "blas": lambda: a @ w.T}
+        times = {name: [] for name in (*calls, *(["mlas"] if mlas else []))}
+        for rep in range(reps + 1):  # the first round warms up
+            for name, f in calls.items():
+                t = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t)
+            if mlas:
+                times["mlas"].append(mlas.run(f"{m} {k} {n}"))
+        gf = {s: 2 * m * k * n / float(np.median(ts[1:])) / 1e9 for s, ts in times.items()}
+        peak = max(peak, 2 * m * k * n / min(times["blas"][1:]) / 1e9)  # the sgemm peak: OpenBLAS's best run
+        best = max(gf["blas"], gf.get("mlas", 0.0))
+        rows.append(f"| {m} x {k} x {n} | {gf['numba']:.0f} | {gf['blas']:.0f} | "
+                    + (f"{gf['mlas']:.0f} | " if mlas else "") + f"{gf['numba'] / best:.0%} |")
+    if mlas:
+        mlas.close()
+    head = "| GEMM M x K x N | Numba GFLOP/s | OpenBLAS GFLOP/s | " + ("MLAS GFLOP/s | " if mlas else "")
+    table = [head + f"Numba / {'best of OpenBLAS, MLAS' if mlas else 'OpenBLAS'} |",
+             "|---" * (5 if mlas else 4) + "|", *rows]
     return table, peak
+
+
+def mlas_worker():
+    """ONNX Runtime's sgemm (MLAS), alone in this process: reads `M K N` lines, answers with the seconds one
+    MatMul [M, K] x [K, N] took. One session per K x N, its weight an initializer (packed at session creation)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as bench_peers runs it
+    sessions, inputs = {}, {}
+    print("ready", flush=True)
+    for line in sys.stdin:
+        m, k, n = map(int, line.split())
+        if (k, n) not in sessions:
+            w = np.random.default_rng(1).standard_normal((k, n), dtype=np.float32)
+            graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["c"])], "gemm",
+                                      [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["m", k])],
+                                      [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["m", n])],
+                                      [numpy_helper.from_array(w, "w")])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+            sessions[k, n] = ort.InferenceSession(model.SerializeToString(), options,
+                                                  providers=["CPUExecutionProvider"])
+        if (m, k) not in inputs:
+            inputs[m, k] = np.random.default_rng(2).standard_normal((m, k), dtype=np.float32)
+        t = time.perf_counter()
+        sessions[k, n].run(None, {"a": inputs[m, k]})
+        print(time.perf_counter() - t, flush=True)
 
 
 def attention_section(reps):
@@ -216,8 +263,8 @@ class Worker:
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the {side} worker failed to start")
 
-    def run(self, index, save=""):
-        self.proc.stdin.write(f"{index} {save}\n")
+    def run(self, line, save=""):
+        self.proc.stdin.write(f"{line} {save}\n")
         self.proc.stdin.flush()
         return float(self.proc.stdout.readline())
 
@@ -377,12 +424,13 @@ def machine_header():
     key, auto = autotune.cache_key(), autotune.choices()
     target = key["numba_cpu"] + (" (NUMBA_CPU_NAME)" if numba.config.CPU_NAME else " (host)")
     gemm = ", ".join(f"{m} {'Numba' if v else 'BLAS'}" for m, v in auto["gemm_numba"].items())
+    attention = ", ".join(f"{t} {'Numba' if v else 'BLAS'}" for t, v in auto["attention_numba"].items())
     source = ("measured on this machine" if auto.get("source") == "measured"
               else "the prior; nothing measured on this machine yet: `altclip-np tune` measures")
     return [f"CPU: {cpu.get('model name', platform.processor())} (family {cpu.get('cpu family', '?')}, model "
             f"{cpu.get('model', '?')}), {os.cpu_count()} CPUs; {isa}",
             f"Numba target: {target}, {'AVX-512' if key['numba_avx512'] else 'no AVX-512'} code",
-            f"auto picks: GEMM by rows {gemm}; attention {'Numba' if auto['attention_numba'] else 'BLAS'} "
+            f"auto picks: GEMM by rows {gemm}; attention by tokens {attention} "
             f"({source})"]
 
 
@@ -394,10 +442,11 @@ def main(argv=None):
     parser.add_argument("--skip-model", action="store_true", help="only the GEMM and attention kernels")
     parser.add_argument("--checkpoint", help="run the model sections on this checkpoint directory instead")
     parser.add_argument("--gemm-ladder", action="store_true", help="only the GEMM ladder's steps, in GFLOP/s")
-    parser.add_argument("--worker", choices=("ours", "encode", "theirs", *bench_peers.PEERS), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("ours", "encode", "theirs", "mlas", *bench_peers.PEERS),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker(args.worker)
+        return mlas_worker() if args.worker == "mlas" else worker(args.worker)
     if args.gemm_ladder:
         from gemm_ladder_bench import ladder_section
         print("\n".join(ladder_section(args.reps, THREADS)))
