@@ -8,8 +8,10 @@ the operands swap roles, so the weights are never packed.
     to MR x NR accumulators that stay in registers for all KC steps. Broadcasts read W where it lies (each
     row of W is contiguous in k), so the weights, memory-mapped from the checkpoint, are read once per call and
     never copied; only A (the activations: M x K, small beside W at the model's M) is packed, once per call,
-    into k-major panels of MR rows. The last M % MR rows take plain dot products instead of a padded panel
-    (which at M = 257 would compute 31 rows for nothing). The classic layout packs the broadcast operand instead;
+    into k-major panels of MR rows (zero rows past M). Every element of C is one chain of multiply-adds in
+    k order whatever lane or panel computes it, so a row's result does not depend on the other rows of A: an
+    image gives the same bits alone or in any batch (dot products for the rows past the last whole panel,
+    tried to spare a padded panel's work, 11% of M = 257, summed in another order and broke that). The classic layout packs the broadcast operand instead;
     here that would copy all of W on every call (as the dot-product kernel this replaced did, 10-25% of a
     GEMM at 128-257 rows).
   - The tile by register file (`_tile.OUTER_MR, OUTER_NR`): AVX-512 (32 zmm of 16 floats) 32 x 10: 2 x 10 = 20
@@ -51,38 +53,29 @@ def _matmul_nt(a, w, c, bias, act, residual):  # [M, K], [N, K] -> c [M, N] (wri
     # then c = act(c + bias) + residual, with bias [N] or [0] and residual [M, N] or [0, 0] for none
     m, k_total = a.shape
     n = w.shape[0]
-    panels = m // MR  # whole panels of MR rows; the last m % MR rows take dot products instead
-    ap = np.empty((panels, k_total, MR), np.float32)  # A^T in k-major panels of MR rows
+    panels = (m + MR - 1) // MR
+    ap = np.empty((panels, k_total, MR), np.float32)  # A^T in k-major panels of MR rows, zero rows past M
     for p in prange(panels):
         for k in range(k_total):  # (an element loop: a slice assignment compiles into a function of its own)
             for r in range(MR):
-                ap[p, k, r] = a[p * MR + r, k]
+                ap[p, k, r] = a[p * MR + r, k] if p * MR + r < m else np.float32(0.0)
     epilogue = bias.shape[0] > 0 or act != ACT_NONE or residual.shape[0] > 0
     n_blocks = (n + NT - 1) // NT
     pm = MC // MR  # A micro-panels per task
-    m_blocks = max(1, (panels + pm - 1) // pm)
+    m_blocks = (panels + pm - 1) // pm
     for task in prange(n_blocks * m_blocks):
         n0 = task // m_blocks * NT
         n1 = min(n, n0 + NT)
         p0 = task % m_blocks * pm
         p1 = min(panels, p0 + pm)
-        m1 = m if p1 == panels else p1 * MR  # the last row block also takes the rows past the whole panels
         for k0 in range(0, k_total, KC):
             kc = min(KC, k_total - k0)
             for p in range(p0, p1):
                 for j0 in range(n0, n1, NR):
                     outer_tile(ap[p, k0:k0 + kc], w, j0, k0, kc, c, p * MR, m, n1, k0 > 0)
-            for i in range(p1 * MR, m1):  # fewer than MR rows: a padded panel would compute up to MR - 1 rows
-                ai = a[i, k0:k0 + kc]  # for nothing (11% of M = 257), dot products (gemm_ladder step 2) do not
-                for j in range(n0, n1):
-                    wj = w[j, k0:k0 + kc]
-                    total = np.float32(0.0)
-                    for kk in range(kc):
-                        total += ai[kk] * wj[kk]
-                    c[i, j] = total + c[i, j] if k0 > 0 else total
         if epilogue:
             e, scratch = np.empty(n1 - n0, np.float32), np.empty(n1 - n0, np.float32)
-            for i in range(p0 * MR, m1):
+            for i in range(p0 * MR, min(m, p1 * MR)):
                 epilogue_row(c, i, n0, n1, bias, act, residual, e, scratch)
 
 

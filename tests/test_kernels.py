@@ -53,6 +53,15 @@ def test_matmul_nt_epilogue(act, m, k, n):
         close(K.matmul_nt(a, b, **kw), K.matmul_nt_numpy(a, b, **kw), atol=2e-5 * math.sqrt(k))
 
 
+def test_matmul_nt_rows_do_not_depend_on_the_batch():
+    # each element is one chain of multiply-adds in k order whatever panel or lane computes it: a row alone, in
+    # a ragged batch or in a whole panel gives the same bits (an image embeds alike alone or in a batch)
+    a, b, bias = randn(2 * MR + 5, 2 * KC + 9), randn(NT + 7, 2 * KC + 9), randn(NT + 7)
+    whole = K.matmul_nt(a, b, bias=bias, act=K.ACT_GELU)
+    for rows in (slice(0, 1), slice(3, 4), slice(MR - 1, MR + 2), slice(MR + 5, 2 * MR + 5)):
+        np.testing.assert_array_equal(K.matmul_nt(a[rows], b, bias=bias, act=K.ACT_GELU), whole[rows])
+
+
 AVX2_CHILD = r"""
 import json, sys
 import numpy as np
