@@ -71,18 +71,6 @@ def dot_tile(a, i0, b, j0, k0, kc):  # a [>= i0+4, K], b [>= j0+4, K] -> 4x4 tup
     return ((c00, c01, c02, c03), (c10, c11, c12, c13), (c20, c21, c22, c23), (c30, c31, c32, c33))
 
 
-@njit(inline="always", **JIT)
-def store_tile(c, i0, j0, tile, m, n, accumulate):  # c[i0+i, j0+j] (+)= tile[i][j] for the part inside [m, n]
-    for i in range(MR):
-        if i0 + i < m:
-            for j in range(NR):
-                if j0 + j < n:
-                    if accumulate:
-                        c[i0 + i, j0 + j] += tile[i][j]
-                    else:
-                        c[i0 + i, j0 + j] = tile[i][j]
-
-
 @intrinsic
 def stack_tile(typingctx, rows, cols):  # -> [rows, cols] float32 on the stack, uninitialised; rows, cols constants
     """A register tile written as an array. An `np.empty` array is allocated by Numba's runtime, which LLVM

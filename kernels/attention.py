@@ -4,8 +4,8 @@ Queries and keys may differ in number (Tq, Tk): the embedding-only forward asks 
 The NumPy twin materialises all [B, H, T, T] scores. The Numba kernel runs a group of (batch, head) pairs per
 parallel task (its scratch allocated once per group) and walks each head's queries RB rows at a time, so only
 an RB x T block of scores exists at once (it stays in L1/L2). Per block:
-  1. scores: the GEMM's register tile (`_tile.dot_tile`, reduction over D = 64 contiguous in q and k), stored
-     as score * scale + mask while keeping each row's max; padded key columns get -inf;
+  1. scores: a 4 x 4 register tile of dot products (`_tile.dot_tile`, reduction over D = 64 contiguous in q
+     and k), stored as score * scale + mask while keeping each row's max; padded key columns get -inf;
   2. exp(score - row max) over the whole block as one flat vectorised loop (`_exp_row`): short rows (T = 16,
      77) would otherwise spend most of their time in the scalar remainder of a per-row loop; padded columns
      give exactly 0;
