@@ -8,12 +8,12 @@ the operands swap roles, so the weights are never packed.
     to MR x NR accumulators that stay in registers for all KC steps. Broadcasts read W where it lies (each
     row of W is contiguous in k), so the weights, memory-mapped from the checkpoint, are read once per call and
     never copied; only A (the activations: M x K, small beside W at the model's M) is packed, once per call,
-    into k-major panels of MR rows (zero rows past M). Every element of C is one chain of multiply-adds in
-    k order whatever lane or panel computes it, so a row's result does not depend on the other rows of A: an
-    image gives the same bits alone or in any batch (dot products for the rows past the last whole panel,
-    tried to spare a padded panel's work, 11% of M = 257, summed in another order and broke that). The classic layout packs the broadcast operand instead;
-    here that would copy all of W on every call (as the dot-product kernel this replaced did, 10-25% of a
-    GEMM at 128-257 rows).
+    into k-major panels of MR rows (zero rows past M). The classic layout packs the broadcast operand
+    instead; here that would copy all of W on every call (as the dot-product kernel this replaced did).
+  - Every element of C is one chain of multiply-adds in k order whatever lane or panel computes it, so a row's
+    result does not depend on the other rows of A: an image gives the same bits alone or in any batch. (Dot
+    products for the rows past the last whole panel, tried to spare a padded panel's work, 11% of M = 257,
+    summed in another order and broke that.)
   - The tile by register file (`_tile.OUTER_MR, OUTER_NR`): AVX-512 (32 zmm of 16 floats) 32 x 10: 2 x 10 = 20
     accumulators + 2 vectors of A + up to 10 broadcasts = 32; AVX2 (16 ymm of 8 floats) 32 x 3: 4 x 3 = 12
     accumulators + 3 broadcasts + 1 vector of A loaded at a time = 16. Both spill-free (the ladder's analysis,
