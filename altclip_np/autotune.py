@@ -85,10 +85,12 @@ def ensure():
 
 
 def prior(key):
-    """Before measuring, what was measured on a 2-core EPYC Zen 4 (AVX-512, and the AVX2 build for Haswell): the
-    outer-product Numba GEMM at or above OpenBLAS up to 616 rows on both ISAs (AVX2: 126-172 GFLOP/s against
-    68-135), OpenBLAS ahead at 2056 rows; the fused attention ahead at 77 and 257 tokens (1.05x, 3x), the BLAS
-    path at 16 (0.19 against 0.29 ms for eight texts). The key is unused: one prior for both ISAs."""
+    """Before measuring, from a 2-core EPYC Zen 4 (AVX-512, and the AVX2 build for Haswell): whole forwards with
+    the Numba GEMM up to 1024 rows ran within noise of forwards with OpenBLAS there (vision x1, texts 8 x 16 and
+    8 x 77, 3 rounds each; the Numba GEMM carries the bias/activation/residual epilogue, OpenBLAS needs a pass
+    after it), though a layer's bare GEMMs timed alone favour OpenBLAS from 257 rows; OpenBLAS ahead at 2056
+    rows. The fused attention ahead at 77 and 257 tokens (4.1 against 4.9 ms, 4.8 against 15.2), the BLAS path
+    at 16 (0.19 against 0.29 ms for eight texts). The key is unused: one prior for both ISAs."""
     return {"gemm_numba": {str(m): m <= 1024 for m in GEMM_ROWS},
             "attention_numba": {str(t): t > 16 for _, t in ATTENTION_JOBS}, "source": "prior"}
 

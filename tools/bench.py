@@ -116,7 +116,7 @@ def text_flops(batch, tokens):
 def gemm_section(reps):
     """GFLOP/s of the Numba GEMM and OpenBLAS (in this process) and, where ONNX Runtime is installed, of its
     MLAS sgemm (a MatMul with the weight as an initializer, so MLAS packs it once when the session is created,
-    as it does for a model) in a process of its own; the three run in turn, `reps` times, medians."""
+    as it does for a model) in a process of its own; `reps` rounds, the sides' order rotating, medians."""
     from altclip_np.kernels import matmul_nt
 
     rng = np.random.default_rng(0)
