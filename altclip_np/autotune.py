@@ -2,11 +2,11 @@
 
 Which of two GEMMs is faster at a shape depends on the CPU (AVX-512 or AVX2, its clock and caches) and the
 thread count, not on anything one machine can measure for another: on a 2-core AVX-512 EPYC the Numba GEMM
-matched OpenBLAS up to ~1024 rows, on a 2-core AVX2 EPYC it reached 57-70% of it. So the first `auto` forward
-(or `altclip-np tune`) times, interleaved, medians:
+on packed weights is ahead of OpenBLAS at every model shape, compiled for AVX2 there it is behind OpenBLAS's
+Haswell kernels from 257 rows. So `altclip-np tune` (or `ensure()`) times, interleaved, medians:
   - for each class of GEMM rows the model runs (M = 128: eight 16-token texts; 257: one image; 616: eight
     77-token texts; 2056: eight images), one encoder layer's GEMMs (4 x [1024 x 1024], [1024 x 4096],
-    [4096 x 1024]) on the Numba GEMM and on NumPy's BLAS;
+    [4096 x 1024]) on the Numba GEMM (the weights packed once, as the model keeps them) and on NumPy's BLAS;
   - for each class of sequence length (16 and 77 tokens: eight texts; 257: one image; 16 heads of 64), the fused
     Numba attention against scores on BLAS + the Numba softmax + p v on BLAS (what runs otherwise);
 and keeps the faster of each. A few seconds (so never before a one-off command's first result): `altclip-np
@@ -31,7 +31,7 @@ GEMM_ROWS = (128, 257, 616, 2056)  # the model's row counts, one per class
 LAYER_GEMMS = ((1024, 1024),) * 4 + ((1024, 4096), (4096, 1024))  # (K, N): q, k, v, out, fc1, fc2
 ATTENTION_JOBS = ((8, 16), (8, 77), (1, 257))  # (batch, tokens), 16 heads of 64: one per class of tokens
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512vnni", "avx512bf16", "amx-tile")
-FILE_FORMAT = 2  # 2: attention chosen per class of tokens
+FILE_FORMAT = 3  # 2: attention chosen per class of tokens; 3: the GEMM on packed weights
 log = logging.getLogger("altclip_np")
 _choices = None  # this process's, once loaded or measured
 
@@ -85,13 +85,13 @@ def ensure():
 
 
 def prior(key):
-    """Before measuring, from a 2-core EPYC Zen 4 (AVX-512, and the AVX2 build for Haswell): whole forwards with
-    the Numba GEMM up to 1024 rows ran within noise of forwards with OpenBLAS there (vision x1, texts 8 x 16 and
-    8 x 77, 3 rounds each; the Numba GEMM carries the bias/activation/residual epilogue, OpenBLAS needs a pass
-    after it), though a layer's bare GEMMs timed alone favour OpenBLAS from 257 rows; OpenBLAS ahead at 2056
-    rows. The fused attention ahead at 77 and 257 tokens (4.1 against 4.9 ms, 4.8 against 15.2), the BLAS path
-    at 16 (0.19 against 0.29 ms for eight texts). The key is unused: one prior for both ISAs."""
-    return {"gemm_numba": {str(m): m <= 1024 for m in GEMM_ROWS},
+    """Before measuring, from a 2-core EPYC Zen 4 (AVX-512, and the AVX2 build for Haswell). The Numba GEMM on
+    packed weights: on AVX-512 170-192 GFLOP/s against OpenBLAS's 132-191 at every model shape; compiled for
+    AVX2, 118-141 against 116-157 for OpenBLAS's Haswell kernels, so there up to 1024 rows only (it carries
+    the bias/activation/residual epilogue, OpenBLAS needs a pass after it). The fused attention ahead at 77
+    and 257 tokens (4.1 against 4.9 ms, 4.8 against 15.2), the BLAS path at 16 (0.19 against 0.29 ms for eight
+    texts)."""
+    return {"gemm_numba": {str(m): key.get("numba_avx512") or m <= 1024 for m in GEMM_ROWS},
             "attention_numba": {str(t): t > 16 for _, t in ATTENTION_JOBS}, "source": "prior"}
 
 
@@ -144,10 +144,11 @@ def measure(gemm_rows=GEMM_ROWS, layer_gemms=LAYER_GEMMS, attention_jobs=ATTENTI
 
     rng = np.random.default_rng(0)
     weights = [rng.standard_normal((n, k), dtype=np.float32) for k, n in layer_gemms]
+    panels = [K.pack_panels(w) for w in weights]  # packed once, as the model keeps them
     gemm_times, gemm_numba = {}, {}
     for m in gemm_rows:
         xs = {k: rng.standard_normal((m, k), dtype=np.float32) for k, _ in layer_gemms}
-        sides = {"numba": lambda: [K.matmul_nt(xs[w.shape[1]], w) for w in weights],
+        sides = {"numba": lambda: [K.matmul_panels(xs[w.shape[1]], p, w.shape[0]) for w, p in zip(weights, panels)],
                  "blas": lambda: [xs[w.shape[1]] @ w.T for w in weights]}
         gemm_times[str(m)] = t = _median_interleaved(sides, reps)
         gemm_numba[str(m)] = t["numba"] <= t["blas"]

@@ -10,11 +10,11 @@ from .attention import attention, attention_numpy
 from .elementwise import (ACT_GELU, ACT_NONE, ACT_QUICK_GELU, bias_act_residual_, bias_act_residual_numpy,
                           erf_numpy, exp_numpy, gelu, gelu_numpy, layer_norm, layer_norm_numpy,
                           quick_gelu, quick_gelu_numpy, softmax, softmax_numpy)
-from .matmul import matmul_nt, matmul_nt_numpy
+from .matmul import matmul_nt, matmul_nt_numpy, matmul_panels, pack_panels, pack_panels_numpy
 from ._jit import warmup
 
 __all__ = [
-    "attention", "attention_numpy", "matmul_nt", "matmul_nt_numpy", "layer_norm", "layer_norm_numpy",
+    "attention", "attention_numpy", "matmul_nt", "matmul_nt_numpy", "matmul_panels", "pack_panels", "pack_panels_numpy", "layer_norm", "layer_norm_numpy",
     "gelu", "gelu_numpy", "quick_gelu", "quick_gelu_numpy", "softmax", "softmax_numpy", "bias_act_residual_",
     "bias_act_residual_numpy", "exp_numpy", "erf_numpy",
     "ACT_NONE", "ACT_GELU", "ACT_QUICK_GELU", "warmup",

@@ -1,6 +1,6 @@
-"""The register tiles of the kernels: the GEMM's outer-product tile, and attention's 4 x 4 dot products.
+"""The register tiles of the kernels: the GEMM's panel tile, and attention's 4 x 4 dot products.
 
-`outer_tile` (matmul.py's micro-kernel) is described there and in gemm_ladder.py, step 4. The rest of this
+`panel_tile` (matmul.py's micro-kernel) is described there and in gemm_ladder.py, step 4. The rest of this
 docstring is about `dot_tile`, a 4 x 4 tile of dot products over a K-range.
 
 Both operands keep K contiguous (`x @ w.T` with w [N, K] is the checkpoint layout), so the tile is written
@@ -93,29 +93,39 @@ def stack_tile(typingctx, rows, cols):  # -> [rows, cols] float32 on the stack, 
     return tile(rows, cols), codegen
 
 
-# The outer-product tile by register file (the register budget is in matmul.py's docstring): MR rows of A
-# (vector lanes: 2 zmm or 4 ymm) x NR rows of W (broadcast)
-OUTER_MR, OUTER_NR = (32, 10) if target_has_avx512() else (32, 3)
+# The GEMM's tile by register file (the register budget is in matmul.py's docstring): ROWS rows of A (broadcast)
+# x LANES columns of C (vectors: 2 zmm or 2 ymm), the panel width the weights are packed to
+PANEL_ROWS, PANEL_LANES = (8, 32) if target_has_avx512() else (5, 16)
+# No reassociation in the tile: each C element must stay one multiply-add chain in k order (the GEMM's
+# row-independence) whatever the tile shape around it; nothing here needs a reduction vectorised.
+TILE = dict(JIT, fastmath=FAST - {"reassoc"})
 
 
-@njit(**JIT)  # a call per tile, not inlined: the same speed, and 2 s less to compile the GEMM
-def outer_tile(ap, w, j0, k0, kc, c, i0, m, n, accumulate):
-    # ap [>= kc, MR]: A[i0:i0+MR, k0:k0+kc] k-major; w [N, K] -> c[i0+i, j0+j] (+)= sum_k A[i0+i, k] w[j0+j, k]
-    # for the part inside [m, n]; rows of w past n - 1 read row n - 1 (computed, not stored)
-    acc = stack_tile(OUTER_NR, OUTER_MR)  # C^T's tile: acc[j, i]
-    for j in range(OUTER_NR):
-        for i in range(OUTER_MR):
-            acc[j, i] = 0.0
-    for k in range(kc):  # a rank-1 update per k: no reductions, no shuffles
+@njit(**TILE)  # a call per tile, not inlined: the same speed, and less to compile
+def panel_tile(a, i0, m, wp, k0, kc, c, j0, n, accumulate):
+    # a [M, K]; wp [K, LANES]: W[j0:j0+LANES, :] k-major -> c[i0+r, j0+j] (+)= sum_k a[i0+r, k] wp[k, j]
+    # for the part inside [m, n]; rows of a past m - 1 read row m - 1 (computed, not stored)
+    acc = stack_tile(PANEL_ROWS, PANEL_LANES)
+    for r in range(PANEL_ROWS):
+        for j in range(PANEL_LANES):
+            acc[r, j] = 0.0
+    for k in range(kc):  # a rank-1 update per k: LANES / lanes vector loads of W, one broadcast per row of A
         kk = np.uint64(k0 + k)  # unsigned: no negative-index wrap-around check in the loop
-        for i in range(OUTER_MR):  # (i outside j: LLVM vectorises this loop, MR / lanes loads of A)
-            aki = ap[k, i]
-            for j in range(OUTER_NR):
-                acc[j, i] += w[np.uint64(min(j0 + j, n - 1)), kk] * aki  # one broadcast per row of w
-    for i in range(min(OUTER_MR, m - i0)):  # bounded by MR, NR: LLVM unrolls, acc's indices stay constants
-        for j in range(min(OUTER_NR, n - j0)):
-            ii, jj = np.uint64(i0 + i), np.uint64(j0 + j)
-            if accumulate:
-                c[ii, jj] += acc[j, i]
-            else:
-                c[ii, jj] = acc[j, i]
+        for j in range(PANEL_LANES):  # (j outside r: LLVM vectorises this loop and unrolls r)
+            wj = wp[kk, j]
+            for r in range(PANEL_ROWS):
+                acc[r, j] += a[np.uint64(min(i0 + r, m - 1)), kk] * wj
+    for r in range(min(PANEL_ROWS, m - i0)):
+        cr = c[np.uint64(i0 + r)]
+        if j0 + PANEL_LANES <= n:  # a whole row of the tile: constant bounds, vector stores
+            for j in range(PANEL_LANES):
+                if accumulate:
+                    cr[np.uint64(j0 + j)] += acc[r, j]
+                else:
+                    cr[np.uint64(j0 + j)] = acc[r, j]
+        else:
+            for j in range(n - j0):
+                if accumulate:
+                    cr[np.uint64(j0 + j)] += acc[r, j]
+                else:
+                    cr[np.uint64(j0 + j)] = acc[r, j]

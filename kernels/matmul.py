@@ -1,27 +1,31 @@
-"""Single-precision GEMM `C = A @ W.T` (W in the checkpoint's [out, in] layout): a BLIS-style kernel.
+"""Single-precision GEMM `C = A @ W.T` (W a Linear's [out, in] weight): a BLIS-style kernel on packed weights.
 
 The maths is one line (`matmul_nt_numpy`). The kernel is the GotoBLAS/BLIS GEMM of `gemm_ladder.py` (steps 4-5:
-an outer-product micro-kernel, packing, cache blocking, parallel blocks) with one change that suits a model:
-the operands swap roles, so the weights are never packed.
-  - The micro-kernel (`_tile.outer_tile`) computes a tile of C^T = W A^T: per step of k it loads MR values
-    of A as vectors and broadcasts NR values of W, one from each of NR rows of W, and adds their outer product
-    to MR x NR accumulators that stay in registers for all KC steps. Broadcasts read W where it lies (each
-    row of W is contiguous in k), so the weights, memory-mapped from the checkpoint, are read once per call and
-    never copied; only A (the activations: M x K, small beside W at the model's M) is packed, once per call,
-    into k-major panels of MR rows (zero rows past M). The classic layout packs the broadcast operand
-    instead; here that would copy all of W on every call (as the dot-product kernel this replaced did).
-  - Every element of C is one chain of multiply-adds in k order whatever lane or panel computes it, so a row's
-    result does not depend on the other rows of A: an image gives the same bits alone or in any batch. (Dot
-    products for the rows past the last whole panel, tried to spare a padded panel's work, 11% of M = 257,
-    summed in another order and broke that.)
-  - The tile by register file (`_tile.OUTER_MR, OUTER_NR`): AVX-512 (32 zmm of 16 floats) 32 x 10: 2 x 10 = 20
-    accumulators + 2 vectors of A + up to 10 broadcasts = 32; AVX2 (16 ymm of 8 floats) 32 x 3: 4 x 3 = 12
-    accumulators + 3 broadcasts + 1 vector of A loaded at a time = 16. Both spill-free (the ladder's analysis,
-    `gemm_ladder.py` step 4); the 4 x 4 dot-product tile of before kept 24 vectors live and spilled on AVX2.
-  - Blocking: KC = 512 of K per micro-kernel call (C's tile is read and written once per KC; longer KC amortises
-    that, shorter keeps A's micro-panel, 32 x 512 x 4 B = 64 KiB, in L1/L2). A task is a block of MC rows x NT
-    columns of C; it walks its A micro-panels and, for each, the NT / NR micro-panels of W (NT x KC x 4 B =
-    256 KiB: L2).
+an outer-product micro-kernel, packed panels, cache blocking, parallel blocks), with the weights packed once
+(`pack_panels`, kept by altclip_np/panels.py in a memory-mapped cache file) instead of on every call.
+  - The weights are packed into panels of LANES rows of W, k-major (`wp[p, k, j] = W[p * LANES + j, k]`, zero
+    lanes past N): per step of k the micro-kernel (`_tile.panel_tile`) loads LANES consecutive floats of W as
+    vectors and broadcasts ROWS values of A, one from each of ROWS rows of A read where they lie, and adds
+    their outer product to ROWS x LANES accumulators that stay in registers for all KC steps. One contiguous
+    stream of W per tile, and C's tile is a block of whole rows, stored as vectors.
+  - Why packed once: the weights are read from memory once per call (the model's M is small beside W's
+    size); packing W on every call would add a copy of every weight to every forward (45% at M = 128), and
+    broadcasting W from its rows in place (the kernel before this one, A packed and loaded as vectors) kept
+    ten streams of W, stored C transposed and padded M to whole panels of 32 rows (11% at M = 257): 0.65-0.9x
+    this kernel's speed. `matmul_nt` packs per call, for a weight that has no panels.
+  - A's rows are broadcast in place, clamped to the last row (rows past M are computed and not stored), so M
+    needs no padding: M = 257 wastes at most ROWS - 1 rows of one tile.
+  - Every element of C is, per KC block, one chain of multiply-adds in k order (the tile is compiled without
+    reassociation), added to C block after block: the bits of a row do not depend on the other rows of A or
+    on the tile that computed it, so an image gives the same bits alone or in any batch.
+  - The tile by register file (`_tile.PANEL_ROWS, PANEL_LANES`): AVX-512 (32 zmm of 16 floats) 8 x 32:
+    8 x 2 = 16 accumulators + 2 vectors of W + 8 broadcasts = 26 (12 x 32 needs 38: LLVM loads every
+    broadcast first, and spilled); AVX2 (16 ymm of 8 floats) 5 x 16: 5 x 2 = 10 accumulators + 2 of W + 5
+    broadcasts = 17, one reloaded (6 x 16 spilled badly: 0.6x; 4 x 16, 8 accumulators, cannot hide the FMA
+    latency: 0.9x).
+  - Blocking: KC = 512 of K per tile call (W's micro-panel, 512 x 32 x 4 B = 64 KiB, stays in L2 for all of a
+    task's row tiles; A's 8 rows x 512 stream from L1/L2). A task is a block of MC rows x NT columns of C;
+    for each KC block it walks its W micro-panels and, for each, its row tiles.
   - `prange` over tasks, handed out one at a time (`parallel_chunksize(1)`): on a shared 2-core machine a
     thread whose core is busy (another process, OpenBLAS's spinning worker) takes fewer tasks instead of
     holding up the GEMM. Each task writes only its block of C.
@@ -33,14 +37,14 @@ import numpy as np
 from numba import prange, types
 
 from ._jit import MODEL, array, kernel
-from ._tile import OUTER_MR as MR
-from ._tile import OUTER_NR as NR
-from ._tile import outer_tile
+from ._tile import PANEL_LANES as LANES
+from ._tile import PANEL_ROWS as ROWS
+from ._tile import panel_tile
 from .elementwise import ACT_NONE, _res, _vec, bias_act_residual_numpy, epilogue_row
 
-KC = 512  # K per micro-kernel call (1024 and 2048 measured no faster with the weights streamed from memory)
-MC = 256  # rows of A (C) per task
-NT = NR * -(-128 // NR)  # columns of C (rows of W) per task: about 128, a multiple of NR
+KC = 512  # K per micro-kernel call
+MC = 256 // ROWS * ROWS  # rows of A (C) per task: whole tiles
+NT = 128  # columns of C (rows of W) per task: whole panels (a multiple of LANES)
 
 
 def matmul_nt_numpy(a, b, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N, K] -> [M, N]
@@ -48,52 +52,88 @@ def matmul_nt_numpy(a, b, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N
     return bias_act_residual_numpy(a @ b.T, bias, act, residual)
 
 
-@kernel(array(2), array(2), array(2, readonly=False), array(1), types.int64, array(2), cost=6, group=MODEL)
-def _matmul_nt(a, w, c, bias, act, residual):  # [M, K], [N, K] -> c [M, N] (written)
+def pack_panels_numpy(w, lanes=LANES):  # [N, K] -> [ceil(N / lanes), K, lanes]
+    """wp[p, k, j] = w[p * lanes + j, k], zeros past N: panels of `lanes` rows of W, k-major."""
+    n, k = w.shape
+    panels = -(-n // lanes)
+    padded = np.zeros((panels * lanes, k), np.float32)
+    padded[:n] = w
+    return np.ascontiguousarray(padded.reshape(panels, lanes, k).transpose(0, 2, 1))
+
+
+@kernel(array(2, "A"), array(3, readonly=False), cost=1, group=MODEL)
+def _pack_panels(w, wp):  # [N, K] -> wp [ceil(N / LANES), K, LANES] (written)
+    n, k_total = w.shape
+    for p in prange(wp.shape[0]):
+        for k in range(k_total):  # (an element loop: a slice assignment compiles into a function of its own)
+            for j in range(LANES):
+                wp[p, k, j] = w[p * LANES + j, k] if p * LANES + j < n else np.float32(0.0)
+
+
+def pack_panels(w):  # [N, K] -> [ceil(N / LANES), K, LANES] float32, as pack_panels_numpy
+    """The weight in the GEMM's panels, for `matmul_panels` (in parallel)."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"pack_panels expects a [N, K] weight; got shape {w.shape}")
+    wp = np.empty((-(-w.shape[0] // LANES), w.shape[1], LANES), np.float32)
+    if w.size:
+        _pack_panels(w, wp)
+    else:
+        wp[...] = 0
+    return wp
+
+
+@kernel(array(2), array(3), types.int64, array(2, readonly=False), array(1), types.int64, array(2), cost=6,
+        group=MODEL)
+def _matmul_panels(a, wp, n, c, bias, act, residual):  # [M, K], panels of [N, K] -> c [M, N] (written)
     # then c = act(c + bias) + residual, with bias [N] or [0] and residual [M, N] or [0, 0] for none
     m, k_total = a.shape
-    n = w.shape[0]
-    panels = (m + MR - 1) // MR
-    ap = np.empty((panels, k_total, MR), np.float32)  # A^T in k-major panels of MR rows, zero rows past M
-    for p in prange(panels):
-        for k in range(k_total):  # (an element loop: a slice assignment compiles into a function of its own)
-            for r in range(MR):
-                ap[p, k, r] = a[p * MR + r, k] if p * MR + r < m else np.float32(0.0)
     epilogue = bias.shape[0] > 0 or act != ACT_NONE or residual.shape[0] > 0
     n_blocks = (n + NT - 1) // NT
-    pm = MC // MR  # A micro-panels per task
-    m_blocks = (panels + pm - 1) // pm
+    m_blocks = (m + MC - 1) // MC
     for task in prange(n_blocks * m_blocks):
         n0 = task // m_blocks * NT
         n1 = min(n, n0 + NT)
-        p0 = task % m_blocks * pm
-        p1 = min(panels, p0 + pm)
+        m0 = task % m_blocks * MC
+        m1 = min(m, m0 + MC)
         for k0 in range(0, k_total, KC):
             kc = min(KC, k_total - k0)
-            for p in range(p0, p1):
-                for j0 in range(n0, n1, NR):
-                    outer_tile(ap[p, k0:k0 + kc], w, j0, k0, kc, c, p * MR, m, n1, k0 > 0)
+            for j0 in range(n0, n1, LANES):
+                for i0 in range(m0, m1, ROWS):
+                    panel_tile(a, i0, m, wp[j0 // LANES], k0, kc, c, j0, n1, k0 > 0)
         if epilogue:
             e, scratch = np.empty(n1 - n0, np.float32), np.empty(n1 - n0, np.float32)
-            for i in range(p0 * MR, min(m, p1 * MR)):
+            for i in range(m0, m1):
                 epilogue_row(c, i, n0, n1, bias, act, residual, e, scratch)
 
 
-def matmul_nt(a, b, out=None, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N, K] -> [M, N]
-    """act(a @ b.T + bias) + residual in float32 with the Numba GEMM (the same contract as `matmul_nt_numpy`).
-    `b` may be a read-only memory map; it is never copied."""
+def matmul_panels(a, wp, n, out=None, bias=None, act=ACT_NONE, residual=None):  # [M, K], panels -> [M, N]
+    """act(a @ w.T + bias) + residual in float32, w [N, K] given as its panels `wp` (`pack_panels(w)`, or a
+    read-only memory map of them): the contract of `matmul_nt_numpy`."""
     a = np.ascontiguousarray(a, dtype=np.float32)
-    b = np.ascontiguousarray(b, dtype=np.float32)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"matmul_nt expects a [M, K] and b [N, K]; got {a.shape} and {b.shape}")
+    if a.ndim != 2 or wp.ndim != 3 or wp.shape[1] != a.shape[1] or wp.shape[2] != LANES \
+            or not 0 <= n <= wp.shape[0] * LANES or wp.dtype != np.float32:
+        raise ValueError(f"matmul_panels expects a [M, K] and float32 panels [>= N / {LANES}, K, {LANES}] of a "
+                         f"[N, K] weight; got {a.shape}, {wp.dtype} {wp.shape}, N = {n}")
+    m = a.shape[0]
     if out is None:
-        out = np.empty((a.shape[0], b.shape[0]), np.float32)
-    elif out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != (a.shape[0], b.shape[0]):
-        raise ValueError(f"out must be a C-contiguous float32 array of shape {(a.shape[0], b.shape[0])}, got "
+        out = np.empty((m, n), np.float32)
+    elif out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != (m, n):
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {(m, n)}, got "
                          f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not C-contiguous)'}")
-    if 0 in a.shape or b.shape[0] == 0:  # nothing to sum (K = 0: C is act(0 + bias) + residual)
-        out[...] = matmul_nt_numpy(a, b, bias, act, residual)
+    if m == 0 or n == 0 or a.shape[1] == 0:  # nothing to sum (K = 0: C is act(0 + bias) + residual)
+        out[...] = bias_act_residual_numpy(np.zeros((m, n), np.float32), bias, act, residual)
         return out
     with numba.parallel_chunksize(1):  # dynamic scheduling: a thread on a busy core just takes fewer tasks
-        _matmul_nt(a, b, out, _vec(bias), act, _res(residual, out.shape[1]))
+        _matmul_panels(a, np.ascontiguousarray(wp), n, out, _vec(bias), act, _res(residual, n))
     return out
+
+
+def matmul_nt(a, b, out=None, bias=None, act=ACT_NONE, residual=None):  # [M, K], [N, K] -> [M, N]
+    """act(a @ b.T + bias) + residual with the Numba GEMM, packing `b` for this call (the contract of
+    `matmul_nt_numpy`). A weight used more than once is faster packed once: `matmul_panels`."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"matmul_nt expects a [M, K] and b [N, K]; got {a.shape} and {b.shape}")
+    return matmul_panels(a, pack_panels(b), b.shape[0], out, bias, act, residual)

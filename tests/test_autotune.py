@@ -44,7 +44,11 @@ def test_choices_without_a_cache_are_the_prior_and_measure_nothing(cache):
     key = autotune.cache_key()
     assert autotune.choices() == autotune.prior(key)
     assert cache == [] and not autotune.cache_file(key).exists()
-    assert autotune.prior(key)["gemm_numba"]["2056"] is False  # OpenBLAS for eight images on either ISA
+    # the prior's stated figures: the Numba GEMM at every row class on AVX-512, up to 1024 rows on AVX2
+    assert autotune.prior({**key, "numba_avx512": True})["gemm_numba"] == {"128": True, "257": True, "616": True,
+                                                                          "2056": True}
+    assert autotune.prior({**key, "numba_avx512": False})["gemm_numba"] == {"128": True, "257": True, "616": True,
+                                                                           "2056": False}
 
 
 def test_a_cache_with_another_key_is_ignored_and_replaced(cache):

@@ -14,7 +14,7 @@ import altclip_np.kernels as K
 from altclip_np.kernels import _jit
 from altclip_np.kernels.attention import RB, SHORT
 from conftest import TINY_CONFIGS, images, text_batch
-from altclip_np.kernels.matmul import KC, MC, MR, NR, NT
+from altclip_np.kernels.matmul import KC, LANES, MC, NT, ROWS
 
 RNG = np.random.default_rng(0)
 F32_MIN = np.finfo(np.float32).min
@@ -31,10 +31,10 @@ def close(ours, ref, atol=1e-5, rtol=1e-5):
 
 # ---- matmul --------------------------------------------------------------------------------------------------
 
-# Nothing a multiple of the tile (MR rows of A x NR rows of W), of a task (MC rows x NT columns) or of KC:
+# Nothing a multiple of the tile (ROWS rows of A x LANES rows of W), of a task (MC rows x NT columns) or of KC:
 # ragged last tiles, tasks and K blocks; M > MC splits the rows into tasks too; K = 0 sums nothing
 SHAPES = [(1, 1, 1), (3, 5, 7), (257, 70, 45), (5, KC + 3, NT + 5), (9, 2 * KC + 1, 2 * NT - 1), (64, 128, 256),
-          (MC + 3, 70, NT + NR + 1), (2 * MC + MR + 1, 33, 45), (MR, 40, 9), (4, 0, 3)]
+          (MC + 3, 70, NT + LANES + 1), (2 * MC + ROWS + 1, 33, 45), (ROWS, 40, 9), (4, 0, 3)]
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
@@ -54,11 +54,13 @@ def test_matmul_nt_epilogue(act, m, k, n):
 
 
 def test_matmul_nt_rows_do_not_depend_on_the_batch():
-    # each element is one chain of multiply-adds in k order whatever panel or lane computes it: a row alone, in
-    # a ragged batch or in a whole panel gives the same bits (an image embeds alike alone or in a batch)
-    a, b, bias = randn(2 * MR + 5, 2 * KC + 9), randn(NT + 7, 2 * KC + 9), randn(NT + 7)
+    # each element is one chain of multiply-adds in k order (per KC block) whatever tile or task computes it:
+    # a row alone, in a ragged tile, a whole tile or another task gives the same bits (an image embeds alike
+    # alone or in a batch)
+    a, b, bias = randn(MC + ROWS + 3, 2 * KC + 9), randn(NT + 7, 2 * KC + 9), randn(NT + 7)
     whole = K.matmul_nt(a, b, bias=bias, act=K.ACT_GELU)
-    for rows in (slice(0, 1), slice(3, 4), slice(MR - 1, MR + 2), slice(MR + 5, 2 * MR + 5)):
+    for rows in (slice(0, 1), slice(3, 4), slice(ROWS - 1, ROWS + 2), slice(ROWS + 5, 3 * ROWS + 2),
+                 slice(MC - 2, MC + ROWS + 3)):
         np.testing.assert_array_equal(K.matmul_nt(a[rows], b, bias=bias, act=K.ACT_GELU), whole[rows])
 
 
@@ -67,7 +69,7 @@ import json, sys
 import numpy as np
 from altclip_np.kernels import _jit, _tile, matmul as M
 from altclip_np.kernels.elementwise import ACT_QUICK_GELU
-_jit.ensure([M._matmul_nt])  # this kernel alone, compiled for the target of this process's environment
+_jit.ensure([M._matmul_panels, M._pack_panels])  # these kernels alone, compiled for the target of this process's environment
 rng = np.random.default_rng(1)
 worst = 0.0
 for m, k, n in json.loads(sys.argv[1]):
@@ -77,13 +79,13 @@ for m, k, n in json.loads(sys.argv[1]):
         ours, ref = M.matmul_nt(a, b, **kw), M.matmul_nt_numpy(a, b, **kw)
         np.testing.assert_allclose(ours, ref, atol=2e-5 * max(k, 1) ** 0.5, rtol=1e-5)
         worst = max(worst, float(np.abs(ours - ref).max()))
-print(json.dumps({"avx512": _tile.target_has_avx512(), "tile": [M.MR, M.NR], "worst": worst}))
+print(json.dumps({"avx512": _tile.target_has_avx512(), "tile": [M.ROWS, M.LANES], "worst": worst}))
 """
 
 
 @pytest.mark.slow
 def test_matmul_nt_avx2_variant(tmp_path):
-    # The AVX2 tile (32 x 3), compiled for Haswell in a child with a fresh cache, whatever this machine has
+    # The AVX2 tile (5 x 16), compiled for Haswell in a child with a fresh cache, whatever this machine has
     # (on an AVX-512 host NUMBA_CPU_NAME alone keeps the host's features: NUMBA_CPU_FEATURES="" drops them).
     # Observed max abs difference from the NumPy twin: ~1.5e-4 (K = 1027, sums of ~30 in magnitude).
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="")
@@ -91,8 +93,30 @@ def test_matmul_nt_avx2_variant(tmp_path):
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.splitlines()[-1])
-    assert out["avx512"] is False and out["tile"] == [32, 3]
+    assert out["avx512"] is False and out["tile"] == [5, 16]
     assert out["worst"] < 1e-3
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (LANES - 1, 3), (LANES, 1), (2 * LANES + 5, 70), (3, 0)])
+def test_pack_panels(n, k):
+    # the kernel against its twin, and the twin against the definition wp[p, k, j] = w[p * LANES + j, k]
+    w = randn(n, k)
+    wp = K.pack_panels(w)
+    np.testing.assert_array_equal(wp, K.pack_panels_numpy(w))
+    for p, kk, j in np.ndindex(*wp.shape):
+        assert wp[p, kk, j] == (w[p * LANES + j, kk] if p * LANES + j < n else 0.0)
+
+
+def test_matmul_panels_read_only_and_checked():
+    # panels memory-mapped from the cache file are read-only; a weight packed once gives matmul_nt's bits
+    a, b, bias = randn(2 * ROWS + 1, 70), randn(NT + 3, 70), randn(NT + 3)
+    wp = K.pack_panels(b)
+    wp.flags.writeable = False
+    np.testing.assert_array_equal(K.matmul_panels(a, wp, b.shape[0], bias=bias), K.matmul_nt(a, b, bias=bias))
+    with pytest.raises(ValueError, match="panels"):
+        K.matmul_panels(a, wp[:, :-1], b.shape[0])  # K does not match
+    with pytest.raises(ValueError, match="panels"):
+        K.matmul_panels(a, wp, wp.shape[0] * LANES + 1)  # more columns than the panels hold
 
 
 def test_matmul_read_only_weight_and_out():
@@ -235,7 +259,7 @@ def test_a_joint_forward_runs_one_signature_per_kernel(tiny, backend_name):
         model.encode_image(pixel_values=images(vision, batch=1))
     finally:
         altclip_np.set_backend(before)
-    for name in ("_layer_norm_rows", "_matmul_nt", "_attention"):
+    for name in ("_layer_norm_rows", "_matmul_panels", "_pack_panels", "_attention"):
         assert _jit.KERNELS[name].dispatcher.signatures == [_jit.KERNELS[name].sig], name
     assert all(len(k.dispatcher.signatures) <= 1 for k in _jit.KERNELS.values())
 
