@@ -8,15 +8,17 @@ memory-mapped read-only, like the checkpoint itself: the packing is paid once pe
 pages can be given back after it runs (`weights.release`), so the resident set stays about one layer.
 
 The file: `MAGIC`, format version, header length (PREFIX), a JSON header, then the data. The data begins at
-the first page boundary after the header, and each tensor at a page-aligned offset from there (so one
-tensor's pages can be released without touching its neighbours). The header names the key, the width and
-for each tensor its panels' shape, offset and the bit patterns of the first and last few source values (a
-checkpoint rewritten in place with the same size and mtime changes them). A file is used only when its
-header is byte for byte the one the current checkpoint would get: nothing in it is parsed or trusted, and
-anything else (another version, truncation, garbage) is packed again. A build writes a unique temporary
-file one tensor at a time (resident memory: about one packed tensor), fsyncs it and renames it over the
-final name, so a reader sees either no file or a whole one, also when two processes build at once or one
-is killed.
+the first page boundary after the header, and each tensor at a page-aligned offset from there (so one tensor's
+pages can be released without touching its neighbours). The header names the key, the width and for each
+tensor its panels' shape, offset and the bit patterns of the first and last few source values (a checkpoint
+rewritten in place with the same size and mtime changes them). A file is used only when its header is byte for
+byte the one the current checkpoint would get (nothing in it is trusted; JSON is parsed only from other keys'
+files, to see whether their checkpoint is gone), and anything else (another version, truncation, garbage) is
+packed again. A build writes a unique temporary file one tensor at a time (resident memory: about one packed
+tensor), fsyncs it and renames it over the final name, so a reader sees either no file or a whole one, also
+when two processes build at once or one is killed. A build also removes killed builds' temporaries and the
+files of checkpoints that changed or are gone (a new checkpoint is a new key, so its old file would otherwise
+stay: BAAI/AltCLIP's 48 encoder layers hold 604 M weights, 2.3 GiB).
 """
 import hashlib
 import json
@@ -41,6 +43,7 @@ PREFIX = struct.Struct("<8sIQ")  # magic, format version, header length
 SAMPLES = 16  # source values kept per end of each tensor
 STALE_SECONDS = 600  # a temporary file untouched this long is a killed build's (a live one writes every tensor)
 SPARE_BYTES = 1 << 30  # what a build leaves free on the disk
+MAX_HEADER_BYTES = 100_000_000  # read from another key's file only to see whether its checkpoint is gone
 log = logging.getLogger("altclip_np")
 
 
@@ -81,7 +84,7 @@ def store_key(tensors, width, sources):  # sha256 hex of everything the packed f
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
-def layout(tensors, width):  # [{name, shape, offset}]: page-aligned offsets from the start of the data
+def layout(tensors, width):  # [{name, shape, offset, samples}]: offsets page-aligned, from the data's start
     entries, offset = [], 0
     for name, w in sorted(tensors.items()):
         shape = panel_shape(w.shape, width)
@@ -133,6 +136,36 @@ def remove_stale(folder):  # temporaries of killed builds: untouched for STALE_S
                 tmp.unlink()
         except OSError:
             pass  # gone already (another process removed it) or not ours to remove
+
+
+def recorded_sources(path):  # the sources a panel file's header names, or None if it is no readable one
+    with open(path, "rb") as f:
+        magic, version, length = PREFIX.unpack(f.read(PREFIX.size))
+        if magic != MAGIC or version != FORMAT or length > MAX_HEADER_BYTES:
+            return None
+        sources = json.loads(f.read(length)).get("sources")
+    valid = isinstance(sources, list) and all(
+        isinstance(s, list) and len(s) == 3 and isinstance(s[0], str) and type(s[1]) is int and type(s[2]) is int
+        for s in sources)
+    return sources if valid else None
+
+
+def remove_superseded(folder, keep):
+    """Files whose checkpoint changed or is gone: their key can never match again (a process still using
+    one keeps its mapping)."""
+    for path in folder.glob("*.panels"):
+        try:
+            sources = recorded_sources(path) if path != keep else None
+            if sources is not None:
+                try:
+                    gone = source_stats(s[0] for s in sources) != sorted(sources)
+                except FileNotFoundError:
+                    gone = True
+                if gone:
+                    path.unlink()
+                    log.info("altclip_np: removed %s: the checkpoint it was packed from changed", path)
+        except (OSError, ValueError, AttributeError, RecursionError, struct.error):
+            pass  # unreadable or not ours: left alone
 
 
 def build(path, tensors, width, pack, header, entries, base, size):
@@ -193,6 +226,7 @@ def open_panels(tensors, width, pack, source_files, cache_dir=None):
             log.warning("altclip_np: %s: %s; packing it again", path, reason)
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale(folder)
+        remove_superseded(folder, path)
         free = shutil.disk_usage(folder).free
         if free < size + SPARE_BYTES:
             log.warning("altclip_np: not enough disk space in %s for the packed weights (%.2f GiB, %.2f GiB "

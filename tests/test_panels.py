@@ -119,7 +119,24 @@ def test_a_changed_key_packs_again(tmp_path, change):
     pack = Counting(width)
     assert_packed(open_panels(tensors, width, pack, [src], cache), tensors, width)
     assert pack.calls == len(SHAPES)
-    assert len(files(cache, "*.panels")) == 2  # a new key is a new file; the old one is not overwritten
+    # a new key is a new file; the old one goes if its checkpoint changed, else it stays (it may still be used)
+    assert len(files(cache, "*.panels")) == (1 if change in ("size", "mtime") else 2)
+
+
+def test_only_files_of_a_changed_or_gone_checkpoint_are_removed(tmp_path):
+    cache, stores = tmp_path / "cache", []
+    for seed, name in enumerate(("kept", "gone")):
+        (tmp_path / name).mkdir()
+        tensors, src = checkpoint(tmp_path / name, seed=seed)
+        open_panels(tensors, 16, Counting(16), [src], cache)
+        stores.append((tensors, src))
+    stores[1][1].unlink()  # the second checkpoint is deleted
+    tensors, src = stores[0]
+    open_panels(tensors, 32, Counting(32), [src], cache)  # any build cleans up
+    assert len(files(cache, "*.panels")) == 2  # the kept checkpoint's two widths
+    pack = Counting(16)
+    assert_packed(open_panels(tensors, 16, pack, [src], cache), tensors, 16)
+    assert pack.calls == 0
 
 
 def test_same_size_and_mtime_but_new_values_packs_again(tmp_path, caplog):
