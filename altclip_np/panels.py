@@ -163,7 +163,7 @@ def remove_superseded(folder, keep):
                     gone = True
                 if gone:
                     path.unlink()
-                    log.info("altclip_np: removed %s: the checkpoint it was packed from changed", path)
+                    log.info("removed %s: the checkpoint it was packed from changed", path)
         except (OSError, ValueError, AttributeError, RecursionError, struct.error):
             pass  # unreadable or not ours: left alone
 
@@ -199,7 +199,7 @@ def open_panels(tensors, width, pack, source_files, cache_dir=None):
     None when the store cannot be used (disabled, unwritable, no disk space), after one WARNING."""
     cost = "the model runs without packed weights (a slower GEMM)"
     if not panels_enabled():
-        log.warning("altclip_np: ALTCLIP_NP_PANELS=%s: %s", os.environ.get("ALTCLIP_NP_PANELS"), cost)
+        log.warning("ALTCLIP_NP_PANELS=%s: %s", os.environ.get("ALTCLIP_NP_PANELS"), cost)
         return None
     if not tensors:
         return {}
@@ -223,23 +223,23 @@ def open_panels(tensors, width, pack, source_files, cache_dir=None):
         if reason is None:
             return map_panels(path, entries, base)
         if reason != "absent":
-            log.warning("altclip_np: %s: %s; packing it again", path, reason)
+            log.warning("%s: %s; packing it again", path, reason)
         folder.mkdir(parents=True, exist_ok=True)
         remove_stale(folder)
         remove_superseded(folder, path)
         free = shutil.disk_usage(folder).free
         if free < size + SPARE_BYTES:
-            log.warning("altclip_np: not enough disk space in %s for the packed weights (%.2f GiB, %.2f GiB "
+            log.warning("not enough disk space in %s for the packed weights (%.2f GiB, %.2f GiB "
                         "free, %.0f GiB kept spare): %s", folder, size / 2**30, free / 2**30,
                         SPARE_BYTES / 2**30, cost)
             return None
-        log.info("altclip_np: packing %d weights for the GEMM into %s (%.2f GiB, once)", len(entries), path,
+        log.info("packing %d weights for the GEMM into %s (%.2f GiB, once)", len(entries), path,
                  size / 2**30)
         start = time.perf_counter()
         build(path, tensors, width, pack, header, entries, base, size)
-        log.info("altclip_np: packed in %.1f s", time.perf_counter() - start)
+        log.info("packed in %.1f s", time.perf_counter() - start)
         return map_panels(path, entries, base)
     except OSError as e:
-        log.warning("altclip_np: cannot use %s for the packed weights (%s): %s", folder,
+        log.warning("cannot use %s for the packed weights (%s): %s", folder,
                     " ".join(str(e).split()), cost)
         return None
