@@ -237,7 +237,7 @@ def open_panels(tensors, width, pack, source_files, cache_dir=None):
                  size / 2**30)
         start = time.perf_counter()
         build(path, tensors, width, pack, header, entries, base, size)
-        log.info("packed in %.1f s", time.perf_counter() - start)
+        log.info("packed the weights for the GEMM in %.1f s", time.perf_counter() - start)
         return map_panels(path, entries, base)
     except OSError as e:
         log.warning("cannot use %s for the packed weights (%s): %s", folder,
