@@ -13,7 +13,7 @@ GROUPS = {  # group: its modules (altclip_np.<name>)
     "kernels": {"kernels", "kernels._jit", "kernels._tile", "kernels.attention", "kernels.elementwise",
                 "kernels.gemm_ladder", "kernels.matmul"},
     "foundation": {"", "config", "outputs", "encoding", "backend", "runtime", "autotune"},  # "": __init__
-    "loading": {"hub", "weights", "torch_pickle"},
+    "loading": {"hub", "weights", "torch_pickle", "panels"},
     "maths": {"layers", "vision", "text", "fast", "inputs"},
     "preprocessing": {"charsmap", "graphemes", "grapheme_table", "tokenizer", "image_processing", "processor"},
     "models": {"model"},
