@@ -12,7 +12,10 @@ methods compute the same maths as the reference function they are named after, o
     the padding rows out of every layer (`Packing`) and lets the last layer compute the pooled row only
     (`pooled_only`); the reference computes everything and takes that row.
 Which GEMM and which attention: `numba` always the Numba kernels; `auto` what autotune.py measured on this
-machine, per class of GEMM rows and of sequence length.
+machine, per class of GEMM rows and of sequence length. The Numba GEMM reads a weight packed once into its
+panels (model.weight_panels); a weight that has none (the patch embedding's, reshaped from its conv, or every
+one when the panel store is off) is packed on every call: slower, the same bits (a row's result still does not
+depend on its batch, which OpenBLAS's would).
 """
 from types import SimpleNamespace
 
@@ -22,10 +25,11 @@ from . import backend, text, vision
 from .layers import ACTIVATIONS, Params, additive_mask, check_activation, layer_norm, linear, merge_heads, split_heads
 
 
-def ops():
-    """The functions the current backend runs: REFERENCE, or a Fast for `numba` / `auto`."""
+def ops(panels=None):
+    """The functions the current backend runs: REFERENCE, or a Fast for `numba` / `auto`. `panels`: a callable
+    giving {id(weight): (weight, its panels)}, the model's weights packed for the Numba GEMM (model.py)."""
     name = backend.get_backend()
-    return REFERENCE if name == "numpy" else Fast(name)
+    return REFERENCE if name == "numpy" else Fast(name, panels() if panels is not None else {})
 
 
 def reference_encode_image(weights, cfg, pixel_values, interpolate_pos_encoding=False, after_layer=None):
@@ -77,9 +81,9 @@ def rows_to_compute(attention_mask):  # [B, T] -> [B, T] bool
 class Fast:
     """The reference on the Numba kernels (the `numba` or `auto` backend)."""
 
-    def __init__(self, name):
+    def __init__(self, name, panels):
         from . import kernels
-        self.name, self.kernels = name, kernels
+        self.name, self.kernels, self.panels = name, kernels, panels
         self.act_codes = {None: kernels.ACT_NONE, "gelu": kernels.ACT_GELU, "quick_gelu": kernels.ACT_QUICK_GELU}
 
     def gemm_on_numba(self, rows):  # the Numba GEMM (True) or OpenBLAS for a Linear over `rows` rows
@@ -87,6 +91,12 @@ class Fast:
             from . import autotune
             return autotune.gemm_on_numba(rows)
         return True
+
+    def matmul(self, x, weight, **epilogue):  # [M, in] x [out, in] -> [M, out] on the Numba GEMM
+        entry = self.panels.get(id(weight))
+        if entry is not None and entry[0] is weight:  # (the array itself, not one that reuses its id)
+            return self.kernels.matmul_panels(x, entry[1], weight.shape[0], **epilogue)
+        return self.kernels.matmul_nt(x, weight, **epilogue)
 
     def attention_on_numba(self, tokens):  # the fused attention kernel (True) or BLAS + the softmax kernel
         if self.name == "auto":
@@ -111,11 +121,15 @@ class Fast:
         if act in self.act_codes:
             code = self.act_codes[act]
             if on_numba:
-                y = k.matmul_nt(x2, weight, bias=bias, act=code, residual=r2)
+                y = self.matmul(x2, weight, bias=bias, act=code, residual=r2)
+            elif act is None and r2 is None:  # a bias at most (the patch embedding has none): no kernel
+                y = x2 @ weight.T
+                if bias is not None:
+                    y += bias
             else:
                 y = k.bias_act_residual_(x2 @ weight.T, bias, code, r2)
         else:  # an activation the kernels do not have: the reference's, after the GEMM
-            y = k.matmul_nt(x2, weight) if on_numba else x2 @ weight.T  # [M, out]
+            y = self.matmul(x2, weight) if on_numba else x2 @ weight.T  # [M, out]
             if bias is not None:
                 y += bias
             y = ACTIVATIONS[act](y)

@@ -2,12 +2,12 @@
 AltCLIPTextModel, AltCLIPVisionModel and the joint AltCLIPModel."""
 import numpy as np
 
-from . import fast, runtime, text, vision
+from . import fast, panels, runtime, text, vision
 from .config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, read_config
 from .hub import resolve_weights
 from .inputs import pixel_inputs, text_inputs
 from .outputs import AltCLIPOutput, BaseModelOutputWithPooling, BaseModelOutputWithPoolingAndProjection
-from .weights import TensorSource, load_weights, open_checkpoint, release
+from .weights import TensorSource, Weights, load_weights, open_checkpoint, release
 
 
 class PreTrainedModel:
@@ -17,7 +17,7 @@ class PreTrainedModel:
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs an {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
-        self.weights = weights  # {checkpoint key: array}
+        self.weights = weights if isinstance(weights, Weights) else Weights(weights)  # {checkpoint key: array}
         # Hand each encoder layer's memory-mapped pages back to the OS page cache once it has run: the process
         # keeps ~one layer resident (0.25 GiB for a whole BAAI/AltCLIP forward instead of 2.5), at the cost of
         # re-mapping them on the next call (~8% slower in a loop). Set False for bulk work.
@@ -46,8 +46,38 @@ class PreTrainedModel:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def _ops(self):  # fast.ops() with this model's weight panels, made on first use by a Numba backend
+        return fast.ops(panels=lambda: weight_panels(self.weights))
+
     def _after_layer(self):  # what the towers call as each encoder layer is done
-        return (lambda layer: release(layer.arrays())) if self.release_weights else None
+        if not self.release_weights:
+            return None
+
+        def after(layer):  # the layer's pages, and its panels' (when it has them)
+            arrays, packed = layer.arrays(), self.weights.panels or {}
+            release(arrays + [packed[id(a)][1] for a in arrays if id(a) in packed])
+        return after
+
+
+def weight_panels(weights):  # -> {id(array): (array, its panels)} for every Linear weight of `weights`
+    """The GEMM's packed copy of the Linear weights (kernels/matmul.py), made once per Weights: memory-mapped
+    from the cache file of panels.py for a checkpoint's weights, packed in memory for arrays that are (a
+    state dict); none when the store cannot be used (ALTCLIP_NP_PANELS=0, no room): then the Numba GEMM packs
+    each weight on every call."""
+    if weights.panels is None:
+        from . import kernels
+        from .kernels.matmul import LANES
+        linear = {k: w for k, w in weights.items() if k.endswith(".weight") and w.ndim == 2 and "embeddings" not in k}
+        if weights.files is None:
+            store = {k: kernels.pack_panels(w) for k, w in linear.items()}
+        elif panels.panels_enabled():
+            kernels.pack_panels(np.zeros((1, 1), np.float32))  # the kernels compiled (or loaded) first: the
+            # packing's message and time are its own
+            store = panels.open_panels(linear, LANES, kernels.pack_panels, weights.files) or {}
+        else:
+            store = {}
+        weights.panels = {id(linear[k]): (linear[k], store[k]) for k in store}
+    return weights.panels
 
 
 def _finish(output, return_dict):
@@ -67,7 +97,7 @@ class AltCLIPTextModel(PreTrainedModel):
                 inputs_embeds=None, output_attentions=False, output_hidden_states=False, return_dict=True):
         inputs = text_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         projected, hidden_states, attentions = text.text_forward(
-            self.weights, self.config, fast.ops(), **inputs, output_attentions=output_attentions,
+            self.weights, self.config, self._ops(), **inputs, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, after_layer=self._after_layer())
         out = BaseModelOutputWithPoolingAndProjection(last_hidden_state=projected, pooler_output=projected[:, 0],
                                                       hidden_states=hidden_states, attentions=attentions)
@@ -86,7 +116,7 @@ class AltCLIPVisionModel(PreTrainedModel):
                 output_hidden_states=False, return_dict=True):
         pixel_values = pixel_inputs(self.config, pixel_values, interpolate_pos_encoding)
         last, pooled, hidden_states, attentions = vision.vision_forward(
-            self.weights, self.config, pixel_values, fast.ops(), interpolate_pos_encoding, output_attentions,
+            self.weights, self.config, pixel_values, self._ops(), interpolate_pos_encoding, output_attentions,
             output_hidden_states, self._after_layer())
         out = BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled, hidden_states=hidden_states,
                                          attentions=attentions)
@@ -116,9 +146,9 @@ class AltCLIPModel(PreTrainedModel):
     config_class = AltCLIPConfig
 
     def __init__(self, config, weights, release_weights=True):
-        super().__init__(config, weights, release_weights)
-        self.text_model = AltCLIPTextModel(config.text_config, weights, release_weights)
-        self.vision_model = AltCLIPVisionModel(config.vision_config, weights, release_weights)
+        super().__init__(config, weights, release_weights)  # the towers share self.weights, and its panels
+        self.text_model = AltCLIPTextModel(config.text_config, self.weights, release_weights)
+        self.vision_model = AltCLIPVisionModel(config.vision_config, self.weights, release_weights)
 
     @property
     def release_weights(self):
@@ -143,14 +173,14 @@ class AltCLIPModel(PreTrainedModel):
         """The text tower's output with `pooler_output` replaced by the projected [CLS] feature [B, d]."""
         out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids,
                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        out.pooler_output = fast.ops().linear(out.last_hidden_state[:, 0], self.weights["text_projection.weight"])
+        out.pooler_output = self._ops().linear(out.last_hidden_state[:, 0], self.weights["text_projection.weight"])
         return _finish(out, return_dict)
 
     def get_image_features(self, pixel_values=None, interpolate_pos_encoding=False, output_attentions=False,
                            output_hidden_states=False, return_dict=True):
         """The vision tower's output with `pooler_output` replaced by the projected image feature [B, d]."""
         out = self.vision_model(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
-        out.pooler_output = fast.ops().linear(out.pooler_output, self.weights["visual_projection.weight"])
+        out.pooler_output = self._ops().linear(out.pooler_output, self.weights["visual_projection.weight"])
         return _finish(out, return_dict)
 
     def encode_text(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -161,7 +191,7 @@ class AltCLIPModel(PreTrainedModel):
         text_embeds."""
         inputs = text_inputs(self.config.text_config, input_ids, attention_mask, token_type_ids, position_ids,
                              None)
-        ops = fast.ops()
+        ops = self._ops()
         pooled = ops.encode_text(self.weights, self.config.text_config, **inputs, after_layer=self._after_layer())
         features = ops.linear(pooled, self.weights["text_projection.weight"])
         runtime.after_forward()
@@ -171,7 +201,7 @@ class AltCLIPModel(PreTrainedModel):
         """`get_image_features(...).pooler_output` for less work: on the Numba backends the last layer computes
         the class token only (fast.py). `normalize`: unit rows, as forward's image_embeds."""
         pixel_values = pixel_inputs(self.config.vision_config, pixel_values, interpolate_pos_encoding)
-        ops = fast.ops()
+        ops = self._ops()
         pooled = ops.encode_image(self.weights, self.config.vision_config, pixel_values, interpolate_pos_encoding,
                                   after_layer=self._after_layer())
         features = ops.linear(pooled, self.weights["visual_projection.weight"])
@@ -187,7 +217,7 @@ class AltCLIPModel(PreTrainedModel):
                                        output_hidden_states)
         text_out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids, None,
                                    output_attentions, output_hidden_states)
-        linear = fast.ops().linear
+        linear = self._ops().linear
         image_embeds = l2_normalize(linear(vision_out.pooler_output, self.weights["visual_projection.weight"]))
         text_embeds = l2_normalize(linear(text_out.pooler_output, self.weights["text_projection.weight"]))
         logits_per_text = (text_embeds @ image_embeds.T) * np.exp(self.weights["logit_scale"])

@@ -47,14 +47,6 @@ MAX_HEADER_BYTES = 100_000_000  # read from another key's file only to see wheth
 log = logging.getLogger("altclip_np")
 
 
-def pack_numpy(w, width):  # [N, K] float32 -> [ceil(N / width), K, width] float32
-    """panel p, row k, lane j = w[p * width + j, k]; lanes past N are 0."""
-    n, k = w.shape
-    padded = np.zeros((-(-n // width) * width, k), np.float32)
-    padded[:n] = w
-    return np.ascontiguousarray(padded.reshape(-1, width, k).transpose(0, 2, 1))
-
-
 def panels_enabled():
     return os.environ.get("ALTCLIP_NP_PANELS", "").strip().lower() not in ("0", "false", "no", "off")
 
@@ -195,7 +187,7 @@ def build(path, tensors, width, pack, header, entries, base, size):
 
 def open_panels(tensors, width, pack, source_files, cache_dir=None):
     """tensors: {name: [N, K] float32 array} -> {name: read-only [ceil(N/width), K, width] float32 view of a
-    memory-mapped cache file}, packed by `pack` (w -> pack_numpy(w, width)) when the file is absent or stale.
+    memory-mapped cache file}, packed by `pack` (w -> kernels.pack_panels_numpy(w, width)) when the file is absent or stale.
     None when the store cannot be used (disabled, unwritable, no disk space), after one WARNING."""
     cost = "the model runs without packed weights (a slower GEMM)"
     if not panels_enabled():
@@ -237,7 +229,7 @@ def open_panels(tensors, width, pack, source_files, cache_dir=None):
                  size / 2**30)
         start = time.perf_counter()
         build(path, tensors, width, pack, header, entries, base, size)
-        log.info("packed the weights for the GEMM in %.1f s", time.perf_counter() - start)
+        log.debug("packed the weights for the GEMM in %.1f s", time.perf_counter() - start)
         return map_panels(path, entries, base)
     except OSError as e:
         log.warning("cannot use %s for the packed weights (%s): %s", folder,

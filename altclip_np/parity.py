@@ -84,9 +84,9 @@ def import_reference():
 
 def our_pairs(model, inputs):
     """{layer name: our tensor}, every intermediate named as in `torch_layers`."""
-    from . import fast, vision
+    from . import vision
     from .layers import Params
-    ops = fast.ops()
+    ops = model._ops()  # with the model's weight panels
     layer_norm, linear = ops.layer_norm, ops.linear
     w, cfg = model.weights, model.config
     out = model(**inputs, output_hidden_states=True)

@@ -120,15 +120,17 @@ def open_safetensors(directory):
 
 
 class TensorSource:
-    """A lazily read flat state dict: key -> (shape, getter). Safetensors and other formats plug in here."""
+    """A lazily read flat state dict: key -> (shape, getter), and the `files` it reads (None: in memory).
+    Safetensors and other formats plug in here."""
 
-    def __init__(self, shapes, getter):
-        self.shapes, self.getter = shapes, getter
+    def __init__(self, shapes, getter, files=None):
+        self.shapes, self.getter, self.files = shapes, getter, files
 
     @classmethod
     def from_safetensors(cls, directory):
         sources = open_safetensors(directory)
-        return cls({k: f.shape(k) for k, f in sources.items()}, lambda k: sources[k].get(k))
+        return cls({k: f.shape(k) for k, f in sources.items()}, lambda k: sources[k].get(k),
+                   sorted({f.path for f in sources.values()}))
 
     @classmethod
     def from_arrays(cls, arrays):  # an in-memory state dict {key: array}
@@ -144,7 +146,7 @@ class TensorSource:
         def get(key):
             array = ckpt.get(key)
             return to_float32(array) if array.dtype.kind == "f" else array
-        return cls(ckpt.shapes, get)
+        return cls(ckpt.shapes, get, [Path(weights_file)])
 
 
 # ---- key names: every spelling of a key maps to the one the official BAAI/AltCLIP checkpoint uses ----
@@ -161,6 +163,16 @@ def canonical_key(key):
     elif key.startswith("vision_model.encoder.layer."):
         key = key.replace("encoder.layer.", "encoder.layers.", 1)
     return key
+
+
+class Weights(dict):
+    """{checkpoint key: array}, as load_weights returns them, and what the fast path keeps beside them:
+    `files`, the checkpoint files the arrays come from (None for arrays in memory), and `panels`, the GEMM's
+    packed copy of the Linear weights ({id(array): (array, its panels)}), made on first use (model.py)."""
+
+    def __init__(self, arrays=(), files=None):
+        super().__init__(arrays)
+        self.files, self.panels = files, None
 
 
 def load_weights(source, expected, where):
@@ -182,7 +194,7 @@ def load_weights(source, expected, where):
         if wrong:
             lines.append(f"  mis-shaped tensors ({len(wrong)}):\n    " + "\n    ".join(wrong))
         raise ValueError("\n".join(lines))
-    return {k: source.getter(by_canonical[k]) for k in expected}
+    return Weights({k: source.getter(by_canonical[k]) for k in expected}, source.files)
 
 
 def open_checkpoint(kind, weights_file):

@@ -10,9 +10,9 @@ with two FMA pipes (Zen 4: 2 x 256-bit, so one 16-float zmm FMA or two 8-float y
   4. `gemm_blis`      packed micro-panels, an outer-product micro-kernel and KC/MC/NC cache blocking (BLIS).
   5. `gemm_parallel`  step 4 on blocks of C handed to the threads one at a time.
 
-The fast GEMM the model uses is `matmul.matmul_nt`: step 5 with the operands' roles swapped (A packed and
-loaded as vectors, the weights broadcast straight from the checkpoint's [out, in] rows, so they are never
-packed), its tile `_tile.outer_tile`, and the bias/activation/residual epilogue fused.
+The fast GEMM the model uses is `matmul.matmul_panels`: step 5 with B (the weights) packed once, when the
+model is first used, instead of on every call (kept in a memory-mapped file), A's rows broadcast where they lie
+instead of packed, its tile `_tile.panel_tile`, and the bias/activation/residual epilogue fused.
 """
 import numba
 import numpy as np

@@ -251,20 +251,22 @@ def test_cold_first_run_says_it_compiles_and_gives_the_warm_bits(ckpt, photos, t
     Its result must equal, bit for bit, the runs that load the kernels from the cache, with 2 threads and
     with 1 (before the fix the cold run printed 0.7741795990490558 against the warm 0.7741798856103299)."""
     args = ["classify", photos / "a.png", photos / "b.jpg", "--labels", *LABELS, "--model", ckpt, "--json"]
-    cache = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    cache = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"), "ALTCLIP_NP_CACHE_DIR": str(tmp_path / "cache")}
 
     def classify(env, timeout=120):
         return run(*args, env={**cache, **env}, timeout=timeout)
 
     cold = classify({}, timeout=900)
-    assert cold.stderr.startswith("altclip-np: compiling the Numba kernels for this CPU (once, about ")
-    assert len(cold.stderr.splitlines()) == 1, cold.stderr  # one line, nothing else
+    # two lines, nothing else: the kernels compile, then the weights are packed into their panels
+    compiling, packing = cold.stderr.splitlines()  # (more lines: a ValueError here)
+    assert compiling.startswith("altclip-np: compiling the Numba kernels for this CPU (once, about ")
+    assert packing.startswith("altclip-np: packing 27 weights for the GEMM into "), packing
     warm = classify({})
     assert warm.stderr == ""  # loaded from the cache: nothing to say
     assert warm.stdout == cold.stdout  # the JSON prints every score with repr(): equal text is equal bits
     assert classify({"NUMBA_NUM_THREADS": "1"}).stdout == cold.stdout
-    # classify compiled the model's four kernels and nothing else; warmup compiles the one left
+    # classify compiled the model's five kernels and nothing else; warmup compiles the one left
     lines = run("warmup", env=cache).stdout.splitlines()
-    assert lines[:5] == ["cached    _softmax_rows", "cached    _layer_norm_rows", "compiled  _bias_act_residual_rows",
-                         "cached    _attention", "cached    _matmul_nt"], lines
-    assert lines[5].startswith("5 Numba kernels ready for this CPU (1 compiled now")
+    assert lines[:6] == ["cached    _softmax_rows", "cached    _layer_norm_rows", "compiled  _bias_act_residual_rows",
+                         "cached    _attention", "cached    _pack_panels", "cached    _matmul_panels"], lines
+    assert lines[6].startswith("6 Numba kernels ready for this CPU (1 compiled now")

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from altclip_np import fast, layers, text, vision
+from altclip_np import fast, kernels, layers, text, vision
 from altclip_np.layers import Params
 
 rng = np.random.default_rng(0)
@@ -25,36 +25,49 @@ def close(ours, ref, bound):
     assert np.abs(ours - ref).max() <= bound * np.abs(ref).max()
 
 
-def fast_ops(gemm_on_numba, attention_on_numba):
-    ops = fast.Fast("numba")
-    ops.gemm_on_numba = lambda rows: gemm_on_numba
+def fast_ops(gemm, attention_on_numba, weights=()):
+    # gemm: "panels" (the Numba GEMM on `weights` packed once), "numba" (packed on every call) or "blas"
+    packed = {id(w): (w, kernels.pack_panels(w)) for w in weights if w.ndim == 2} if gemm == "panels" else {}
+    ops = fast.Fast("numba", packed)
+    ops.gemm_on_numba = lambda rows: gemm != "blas"
     ops.attention_on_numba = lambda tokens: attention_on_numba
     return ops
 
 
-BRANCHES = list(itertools.product([True, False], [True, False]))  # (Numba GEMM, fused attention)
+GEMMS = ["panels", "numba", "blas"]
+BRANCHES = list(itertools.product(GEMMS, [True, False]))  # (GEMM, fused attention)
 
 
-@pytest.mark.parametrize("numba_gemm", [True, False])
+@pytest.mark.parametrize("gemm", GEMMS)
 @pytest.mark.parametrize("act", [None, "gelu", "quick_gelu", "relu", "gelu_new"])
 @pytest.mark.parametrize("with_residual", [True, False])
-def test_linear_with_its_epilogue(numba_gemm, act, with_residual):
+def test_linear_with_its_epilogue(gemm, act, with_residual):
     x, w, b, r = randn(2, 7, C), randn(F, C, scale=0.2), randn(F), randn(2, 7, F)
-    ours = fast_ops(numba_gemm, True).linear(x, w, b, act=act, residual=r if with_residual else None)
+    ours = fast_ops(gemm, True, [w]).linear(x, w, b, act=act, residual=r if with_residual else None)
     ref = layers.linear(x, w, b)
     ref = ref if act is None else layers.ACTIVATIONS[act](ref)
     close(ours, ref + r if with_residual else ref, 1e-6)  # observed <= 1.7e-7
+
+
+def test_a_weight_with_panels_is_not_packed_again(monkeypatch):
+    # the model's weights are packed once (model.weight_panels); matmul_nt would pack on every call
+    x, w, b = randn(5, C), randn(F, C, scale=0.2), randn(F)
+    ops, other = fast_ops("panels", True, [w]), w.copy()  # `other`: the same values, but no panels
+    monkeypatch.setattr("altclip_np.kernels.matmul.pack_panels", lambda w: pytest.fail("packed again"))
+    close(ops.linear(x, w, b), layers.linear(x, w, b), 1e-6)
+    with pytest.raises(BaseException, match="packed again"):
+        ops.linear(x, other, b)
 
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_attention_both_ways(fused):
     q, k, v = (randn(2, HEADS, 9, 8) for _ in range(3))
     mask = layers.additive_mask(np.array([[1] * 9, [1] * 5 + [0] * 4]))
-    out, probs = fast_ops(True, fused).attention(q, k, v, mask, 8 ** -0.5, return_probs=True)
+    out, probs = fast_ops("numba", fused).attention(q, k, v, mask, 8 ** -0.5, return_probs=True)
     ref_out, ref_probs = layers.attention(q, k, v, mask, 8 ** -0.5)
     close(out, ref_out, 1e-6)  # observed <= 1.8e-7
     close(probs, ref_probs, 1e-6)
-    assert fast_ops(True, fused).attention(q, k, v, mask, 8 ** -0.5)[1] is None
+    assert fast_ops("numba", fused).attention(q, k, v, mask, 8 ** -0.5)[1] is None
 
 
 def layer_weights(names_and_shapes, prefix):
@@ -79,10 +92,11 @@ def text_layer_weights():
     return layer_weights(shapes, prefix)
 
 
-@pytest.mark.parametrize("numba_gemm,fused", BRANCHES)
-def test_vision_layer_and_its_pooled_only_form(numba_gemm, fused):
+@pytest.mark.parametrize("gemm,fused", BRANCHES)
+def test_vision_layer_and_its_pooled_only_form(gemm, fused):
     cfg = SimpleNamespace(layer_norm_eps=1e-5, num_attention_heads=HEADS, hidden_act="quick_gelu")
-    layer, x, ops = vision_layer_weights(), randn(2, 10, C), fast_ops(numba_gemm, fused)
+    layer, x = vision_layer_weights(), randn(2, 10, C)
+    ops = fast_ops(gemm, fused, layer.arrays())
     ref, ref_probs = vision.encoder_layer(x, layer, cfg, return_probs=True)
     ours, probs = ops.vision_layer(x, layer, cfg, return_probs=True)
     close(ours, ref, 5e-6)  # observed <= 1.2e-6 (over gelu, quick_gelu, relu)
@@ -91,10 +105,11 @@ def test_vision_layer_and_its_pooled_only_form(numba_gemm, fused):
     close(pooled, ref[:, :1], 5e-6)  # observed <= 8.2e-7
 
 
-@pytest.mark.parametrize("numba_gemm,fused", BRANCHES)
-def test_text_layer_packed_and_pooled_only(numba_gemm, fused):
+@pytest.mark.parametrize("gemm,fused", BRANCHES)
+def test_text_layer_packed_and_pooled_only(gemm, fused):
     cfg = SimpleNamespace(layer_norm_eps=1e-5, num_attention_heads=HEADS, hidden_act="gelu")
-    layer, x, ops = text_layer_weights(), randn(3, 8, C), fast_ops(numba_gemm, fused)
+    layer, x = text_layer_weights(), randn(3, 8, C)
+    ops = fast_ops(gemm, fused, layer.arrays())
     attention_mask = np.array([[1] * 8, [1] * 3 + [0] * 5, [0] * 8])  # full, padded, all padding
     mask = layers.additive_mask(attention_mask)
     ref, _ = text.roberta_layer(x, mask, layer, cfg)

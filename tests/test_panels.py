@@ -17,7 +17,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from altclip_np import panels
-from altclip_np.panels import MAGIC, PREFIX, STALE_SECONDS, open_panels, pack_numpy, panels_enabled
+from altclip_np.kernels import pack_panels_numpy as pack_numpy  # the kernel's twin: the layout's definition
+from altclip_np.panels import MAGIC, PREFIX, STALE_SECONDS, open_panels, panels_enabled
 from altclip_np.weights import PAGE, SafetensorsFile, _mapping, release
 
 SHAPES = {"a.weight": (40, 24), "b.weight": (7, 5), "c.weight": (33, 1), "d.weight": (64, 16)}
@@ -197,7 +198,8 @@ def test_a_corrupt_file_is_replaced(tmp_path, caplog, how):
 SCRIPT = """
 import sys, time
 import numpy as np
-from altclip_np.panels import open_panels, pack_numpy
+from altclip_np.kernels import pack_panels_numpy as pack_numpy
+from altclip_np.panels import open_panels
 from altclip_np.weights import SafetensorsFile
 src, cache, start, mode = sys.argv[1:5]
 f = SafetensorsFile(src)

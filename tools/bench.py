@@ -114,10 +114,11 @@ def text_flops(batch, tokens):
 # ---- sections ---------------------------------------------------------------------------------------------------
 
 def gemm_section(reps):
-    """GFLOP/s of the Numba GEMM and OpenBLAS (in this process) and, where ONNX Runtime is installed, of its
+    """GFLOP/s of the Numba GEMM (its weight packed once into panels, as the model keeps them) and OpenBLAS (in
+    this process) and, where ONNX Runtime is installed, of its
     MLAS sgemm (a MatMul with the weight as an initializer, so MLAS packs it once when the session is created,
     as it does for a model) in a process of its own; `reps` rounds, the sides' order rotating, medians."""
-    from altclip_np.kernels import matmul_nt
+    from altclip_np.kernels import matmul_panels, pack_panels
 
     rng = np.random.default_rng(0)
     mlas = Worker("mlas") if bench_peers.installed("onnxruntime") else None
@@ -125,8 +126,8 @@ def gemm_section(reps):
     for m, k, n in GEMM_SHAPES:
         a = rng.standard_normal((m, k), dtype=np.float32)
         w = rng.standard_normal((n, k), dtype=np.float32)
-        out = np.empty((m, n), np.float32)
-        calls = {"numba": lambda: matmul_nt(a, w, out), "blas": lambda: a @ w.T}
+        wp, out = pack_panels(w), np.empty((m, n), np.float32)
+        calls = {"numba": lambda: matmul_panels(a, wp, n, out), "blas": lambda: a @ w.T}
         if mlas:
             calls["mlas"] = lambda: mlas.run(f"{m} {k} {n}")  # returns the seconds its process measured
         times = {name: [] for name in calls}
@@ -356,8 +357,9 @@ PEAK_RSS = "\nprint(next(l for l in open('/proc/self/status') if l.startswith('V
 def first_result_section(reps, peers=()):
     """Wall time of a fresh process (import, load, preprocess, one image x three labels) and its peak RSS; for
     the `peers` also the seconds their sessions took to create (their cold start). And once with an empty Numba
-    cache (NUMBA_CACHE_DIR), so altclip_np compiles its kernels, as a first run after an install does
-    (transformers has nothing to compile: its cold run is one more run)."""
+    cache (NUMBA_CACHE_DIR) and cache directory (ALTCLIP_NP_CACHE_DIR), so altclip_np compiles its kernels and
+    packs the weights into their panels, as a first run after an install does (transformers has nothing to
+    compile: its cold run is one more run)."""
     from PIL import Image
 
     image = CACHE / "bench.png"
@@ -385,8 +387,9 @@ def first_result_section(reps, peers=()):
             result = first_result(name, BASE_ENV)
             if rep:
                 results[name].append(result)
-    with tempfile.TemporaryDirectory() as empty:
-        cold = {name: first_result(name, {**BASE_ENV, "NUMBA_CACHE_DIR": empty}) for name in FIRST_RESULT}
+    with tempfile.TemporaryDirectory() as empty, tempfile.TemporaryDirectory() as store:
+        cold = {name: first_result(name, {**BASE_ENV, "NUMBA_CACHE_DIR": empty, "ALTCLIP_NP_CACHE_DIR": store})
+                for name in FIRST_RESULT}
     med = {n: (np.median([r[0] for r in v]), np.median([r[1] for r in v]), v[-1][2],
                np.median([r[3] for r in v]) if len(v[0]) > 3 else None) for n, v in results.items()}
     a, b = med["altclip_np"], med["transformers"]
@@ -397,7 +400,7 @@ def first_result_section(reps, peers=()):
     rows = [f"| process start to first zero-shot result | altclip_np | transformers | ratio |{head}",
             "|---|---|---|---|" + "---|" * len(peers),
             f"| wall time (s) | {a[0]:.2f} | {b[0]:.2f} | {a[0] / b[0]:.2f} |{cells(0, '.2f')}",
-            f"| cold wall time (s): empty Numba cache, one run | {ca[0]:.2f} | {cb[0]:.2f} | {ca[0] / cb[0]:.2f} |"
+            f"| cold wall time (s): empty Numba cache and panel store, one run | {ca[0]:.2f} | {cb[0]:.2f} | {ca[0] / cb[0]:.2f} |"
             + blank,
             f"| peak RSS (GiB) | {a[1]:.2f} | {b[1]:.2f} | {a[1] / b[1]:.2f} |{cells(1, '.2f')}",
             f"| logits_per_image | {a[2]} | {b[2]} | |{cells(2, '')}",
