@@ -2,8 +2,8 @@
 
 Which of two GEMMs is faster at a shape depends on the CPU (AVX-512 or AVX2, its clock and caches) and the
 thread count, not on anything one machine can measure for another: on a 2-core AVX-512 EPYC the Numba GEMM
-on packed weights is ahead of OpenBLAS at every model shape, compiled for AVX2 there it is behind OpenBLAS's
-Haswell kernels from 257 rows. So `altclip-np tune` (or `ensure()`) times, interleaved, medians:
+on packed weights is even with or ahead of OpenBLAS at the model's shapes; compiled for AVX2 there, it trails
+OpenBLAS's Haswell kernels from 257 rows. So `altclip-np tune` (or `ensure()`) times, interleaved, medians:
   - for each class of GEMM rows the model runs (M = 128: eight 16-token texts; 257: one image; 616: eight
     77-token texts; 2056: eight images), one encoder layer's GEMMs (4 x [1024 x 1024], [1024 x 4096],
     [4096 x 1024]) on the Numba GEMM (the weights packed once, as the model keeps them) and on NumPy's BLAS;
