@@ -122,10 +122,6 @@ class Fast:
             code = self.act_codes[act]
             if on_numba:
                 y = self.matmul(x2, weight, bias=bias, act=code, residual=r2)
-            elif act is None and r2 is None:  # a bias at most (the patch embedding has none): no kernel
-                y = x2 @ weight.T
-                if bias is not None:
-                    y += bias
             else:
                 y = k.bias_act_residual_(x2 @ weight.T, bias, code, r2)
         else:  # an activation the kernels do not have: the reference's, after the GEMM
