@@ -187,7 +187,8 @@ def build(path, tensors, width, pack, header, entries, base, size):
 
 def open_panels(tensors, width, pack, source_files, cache_dir=None):
     """tensors: {name: [N, K] float32 array} -> {name: read-only [ceil(N/width), K, width] float32 view of a
-    memory-mapped cache file}, packed by `pack` (w -> kernels.pack_panels_numpy(w, width)) when the file is absent or stale.
+    memory-mapped cache file}, packed by `pack` (w -> kernels.pack_panels_numpy(w, width)) when the file is
+    absent or stale.
     None when the store cannot be used (disabled, unwritable, no disk space), after one WARNING."""
     cost = "the model runs without packed weights (a slower GEMM)"
     if not panels_enabled():

@@ -1,7 +1,7 @@
 """Numba kernels for altclip_np, each beside a plain-NumPy twin (`*_numpy`) that states its maths.
 
-Each kernel is compiled for one signature when a forward first needs it (the model's three together, in
-child processes, about 14 s of CPU once per machine) and cached on disk; later processes load the machine
+Each kernel is compiled for one signature when a forward first needs it (the model's five together, in
+child processes, about 17 s of CPU once per machine) and cached on disk; later processes load the machine
 code in milliseconds. `warmup()` pays that ahead of time (`altclip-np warmup`). See _jit.py. Importing them
 changes nothing process-wide; the OpenMP wait policy that suits them (idle threads sleep at once, so they do
 not starve OpenBLAS's threads) is set by `altclip_np.runtime.tune_process()`, when asked for.
@@ -14,7 +14,8 @@ from .matmul import matmul_nt, matmul_nt_numpy, matmul_panels, pack_panels, pack
 from ._jit import warmup
 
 __all__ = [
-    "attention", "attention_numpy", "matmul_nt", "matmul_nt_numpy", "matmul_panels", "pack_panels", "pack_panels_numpy", "layer_norm", "layer_norm_numpy",
+    "attention", "attention_numpy", "matmul_nt", "matmul_nt_numpy", "matmul_panels", "pack_panels",
+    "pack_panels_numpy", "layer_norm", "layer_norm_numpy",
     "gelu", "gelu_numpy", "quick_gelu", "quick_gelu_numpy", "softmax", "softmax_numpy", "bias_act_residual_",
     "bias_act_residual_numpy", "exp_numpy", "erf_numpy",
     "ACT_NONE", "ACT_GELU", "ACT_QUICK_GELU", "warmup",

@@ -76,10 +76,8 @@ def pack_panels(w):  # [N, K] -> [ceil(N / LANES), K, LANES] float32, as pack_pa
     if w.ndim != 2:
         raise ValueError(f"pack_panels expects a [N, K] weight; got shape {w.shape}")
     wp = np.empty((-(-w.shape[0] // LANES), w.shape[1], LANES), np.float32)
-    if w.size:
+    if w.size:  # (an empty w has empty panels: nothing to write)
         _pack_panels(w, wp)
-    else:
-        wp[...] = 0
     return wp
 
 

@@ -69,7 +69,8 @@ import json, sys
 import numpy as np
 from altclip_np.kernels import _jit, _tile, matmul as M
 from altclip_np.kernels.elementwise import ACT_QUICK_GELU
-_jit.ensure([M._matmul_panels, M._pack_panels])  # these kernels alone, compiled for the target of this process's environment
+# these kernels alone, compiled for the target of this process's environment
+_jit.ensure([M._matmul_panels, M._pack_panels])
 rng = np.random.default_rng(1)
 worst = 0.0
 for m, k, n in json.loads(sys.argv[1]):
