@@ -18,14 +18,19 @@ an outer-product micro-kernel, packed panels, cache blocking, parallel blocks), 
   - Every element of C is, per KC block, one chain of multiply-adds in k order (the tile is compiled without
     reassociation), added to C block after block: the bits of a row do not depend on the other rows of A or
     on the tile that computed it, so an image gives the same bits alone or in any batch.
-  - The tile by register file (`_tile.PANEL_ROWS, PANEL_LANES`): AVX-512 (32 zmm of 16 floats) 8 x 32:
-    8 x 2 = 16 accumulators + 2 vectors of W + 8 broadcasts = 26 (12 x 32 needs 38: LLVM loads every
-    broadcast first, and spilled); AVX2 (16 ymm of 8 floats) 5 x 16: 5 x 2 = 10 accumulators + 2 of W + 5
-    broadcasts = 17, one reloaded (6 x 16 spilled badly: 0.6x; 4 x 16, 8 accumulators, cannot hide the FMA
-    latency: 0.9x).
-  - Blocking: KC = 512 of K per tile call (W's micro-panel, 512 x 32 x 4 B = 64 KiB, stays in L2 for all of a
-    task's row tiles; A's 8 rows x 512 stream from L1/L2). A task is a block of MC rows x NT columns of C;
-    for each KC block it walks its W micro-panels and, for each, its row tiles.
+  - The tile by register file (`_tile.PANEL_ROWS, PANEL_LANES`), four vectors of W wide, as few rows as keep
+    the FMA units busy: AVX-512 (32 zmm of 16 floats) 6 x 64: 6 x 4 = 24 accumulators + 6 broadcasts + 2
+    vectors of W (LLVM loads the four one or two at a time) = 32, no spills (`inspect_asm`); AVX2 (16 ymm of 8
+    floats) 3 x 32: 12 accumulators + 3 broadcasts + 1 of W = 16. Per step of k that is one broadcast for every
+    4 FMAs: the broadcasts and loads, not the FMAs, were what held the earlier 8 x 32 (one per 2 FMAs) back.
+    Measured on Zen 5 (one thread, in L1, GFLOP/s; a pure-FMA loop 236): 6 x 64 234, 4 x 64 230, 8 x 32 209,
+    12 x 32 112 (spills), 16 x 16 150 (broadcasts folded into the FMAs); AVX2 build 3 x 32 110, 5 x 16 105,
+    4 x 32 66 (spills) of 118.
+  - Blocking: KC = 512 of K per tile call (W's micro-panel, 512 x 64 x 4 B = 128 KiB, stays in L2 for all of
+    a task's row tiles; A's ROWS rows x 512 stream from L1/L2; on Zen 5 KC = 384 was 1-5% slower, 768 within
+    3%). A task is a block of MC rows x NT columns of C; for each KC block it walks its W micro-panels and,
+    for each, its row tiles. MC = 264 keeps an image's 257 rows in one task row: 256 made a second, 1-row
+    task that read each weight again.
   - `prange` over tasks, handed out one at a time (`parallel_chunksize(1)`): on a shared 2-core machine a
     thread whose core is busy (another process, OpenBLAS's spinning worker) takes fewer tasks instead of
     holding up the GEMM. Each task writes only its block of C.
@@ -43,7 +48,7 @@ from ._tile import panel_tile
 from .elementwise import ACT_NONE, _res, _vec, bias_act_residual_numpy, epilogue_row
 
 KC = 512  # K per micro-kernel call
-MC = 256 // ROWS * ROWS  # rows of A (C) per task: whole tiles
+MC = 264  # rows of A (C) per task, whole tiles of 6 or 3: >= 257, so an image's rows read each weight once
 NT = 128  # columns of C (rows of W) per task: whole panels (a multiple of LANES)
 
 
