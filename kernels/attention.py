@@ -31,7 +31,7 @@ from ._jit import MODEL, array, kernel
 from ._tile import JIT, MR, NR, dot_tile, panel_tile
 from ._tile import PANEL_LANES as LANES
 from ._tile import PANEL_ROWS as ROWS
-from .elementwise import _exp_row
+from .elementwise import _exp_row, row_max
 
 RB = 32  # query rows per block of scores, up to SHORT keys
 SHORT = 80  # up to this many keys: dot products over D, p v as axpys over D; past it the GEMM's panel tile
@@ -156,11 +156,9 @@ def _long_head(q, k, v, mask_b, scale, out, probs, want_probs, kpan, vpan, qp, s
             for i0 in range(0, rb, ROWS):
                 panel_tile(qp, i0, rb, kpan[p], 0, d, s, p * LANES, tp, False)
         for i in range(rb):  # scale, mask, -inf past the last key; each row's max
-            m = -np.inf
             for j in range(t):
-                x = s[i, j] * scale + mask_b[j]
-                s[i, j] = x
-                m = max(m, x)
+                s[i, j] = s[i, j] * scale + mask_b[j]
+            m = row_max(s[i], t)
             for j in range(t, tp):
                 s[i, j] = -np.inf
             for j in range(tp):

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from ._jit import MODEL, array, kernel
-from ._tile import JIT
+from ._tile import JIT, stack_tile
 
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI = np.float32(0.693359375)  # ln 2 = _LN2_HI + _LN2_LO, _LN2_HI exact in a few bits
@@ -114,10 +114,28 @@ def _erf(x):
 
 
 @njit(inline="always", **JIT)
-def softmax_row(x, out, scratch):  # x [n] -> out [n] = exp(x - max) / sum; out may be x
-    m = x[0]
-    for j in range(1, x.shape[0]):
+def row_max(x, n):  # max of x[:n] (-inf for n = 0)
+    # 16 running maxima, then theirs: one running max is a chain LLVM does not vectorise (0.43 -> 0.15 ns per
+    # element at n = 257 on Zen 5)
+    acc = stack_tile(1, 16)
+    for lane in range(16):
+        acc[0, lane] = -np.inf
+    n16 = n // 16 * 16
+    for j0 in range(0, n16, 16):
+        for lane in range(16):
+            v = x[np.uint64(j0 + lane)]
+            acc[0, lane] = v if v > acc[0, lane] else acc[0, lane]
+    m = np.float32(-np.inf)
+    for lane in range(16):
+        m = max(m, acc[0, lane])
+    for j in range(n16, n):
         m = max(m, x[j])
+    return m
+
+
+@njit(inline="always", **JIT)
+def softmax_row(x, out, scratch):  # x [n] -> out [n] = exp(x - max) / sum; out may be x
+    m = row_max(x, x.shape[0])
     for j in range(x.shape[0]):
         scratch[j] = x[j] - m
     _exp_row(scratch, out, scratch)
