@@ -1,4 +1,4 @@
-"""The register tiles of the kernels: the GEMM's panel tile (attention's too, past 80 keys), and attention's
+"""The register tiles of the kernels: the GEMM's panel tile (attention's too, past 24 keys), and attention's
 4 x 4 dot products (short sequences).
 
 `panel_tile` (matmul.py's micro-kernel) is described there and in gemm_ladder.py, step 4. The rest of this

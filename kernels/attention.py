@@ -10,14 +10,15 @@ so only a block x T of scores exists at once (it stays in L1/L2). Per block:
      give exactly 0;
   3. p v, each output row divided by its row sum at the store, so probabilities are only normalised when they
      are asked for.
-Past SHORT keys (an image's 257) both products run on the GEMM's register tile (`_tile.panel_tile`, see
-matmul.py) with k and v packed per head as its panels: k as panels of LANES keys (scores: ROWS queries x
-LANES keys per tile, a sum over D), v as panels of LANES columns of D (p v: a sum over the keys). That is
-the GEMM's speed without its horizontal sums; the keys are padded to whole panels (257 -> 320 on AVX-512) in
-the scores only. For short sequences that padding would be most of the work (16 keys in a panel of 64), so
-they use a 4 x 4 tile of dot products over D (`_tile.dot_tile`) for the scores and, for p v, axpys over D
-(out_i += p_ij v_j), MR rows and NR keys per pass: each load of v serves MR rows and each accumulator store
-NR keys (one row and key per pass waited on store-to-load latency); operands zero-padded to the tile.
+Past SHORT keys (77-token texts, an image's 257) both products run on the GEMM's register tile
+(`_tile.panel_tile`, see matmul.py), k and v packed per head as its panels: k as panels of LANES keys
+(scores: ROWS queries x LANES keys per tile, a sum over D), v as panels of LANES columns of D (p v: a sum over
+the keys). That is the GEMM's speed without horizontal sums; the keys are padded to whole panels (257 -> 320
+on AVX-512) in the scores only. For short sequences that padding would be most of the work (16 keys in a
+panel of 64), so they use a 4 x 4 tile of dot products over D (`_tile.dot_tile`) for the scores and, for
+p v, axpys over D (out_i += p_ij v_j), MR rows and NR keys per pass: each load of v serves MR rows and each
+accumulator store NR keys (one row and key per pass waited on store-to-load latency); operands zero-padded
+to the tile.
 Either way a query row's result does not depend on the other rows. One parallel region per call.
 q, k and v may be the strided views that splitting heads gives ([B, T, H, D] memory seen as [B, H, T, D]):
 each task packs its head's rows into contiguous scratch anyway, so nothing is copied up front, and the output
@@ -34,7 +35,8 @@ from ._tile import PANEL_ROWS as ROWS
 from .elementwise import _exp_row, row_max
 
 RB = 32  # query rows per block of scores, up to SHORT keys
-SHORT = 80  # up to this many keys: dot products over D, p v as axpys over D; past it the GEMM's panel tile
+SHORT = 24  # up to this many keys dot products over D and p v as axpys; past it the panel tile (its keys padded to
+# whole panels: 16 keys in 64 lanes ran 0.8x, 32 in 64 1.09x, 77 in 128 1.5x the short path on Zen 5)
 LONG_RB = 8 * ROWS  # query rows per block past SHORT keys: whole row tiles
 
 
