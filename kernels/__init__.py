@@ -1,10 +1,10 @@
 """Numba kernels for altclip_np, each beside a plain-NumPy twin (`*_numpy`) that states its maths.
 
 Each kernel is compiled for one signature when a forward first needs it (the model's five together, in
-child processes, about 17 s of CPU once per machine) and cached on disk; later processes load the machine
+child processes, about 14 s of CPU once per machine) and cached on disk; later processes load the machine
 code in milliseconds. `warmup()` pays that ahead of time (`altclip-np warmup`). See _jit.py. Importing them
-changes nothing process-wide; the OpenMP wait policy that suits them (idle threads sleep at once, so they do
-not starve OpenBLAS's threads) is set by `altclip_np.runtime.tune_process()`, when asked for.
+changes nothing process-wide; the OpenMP spin that suits them (idle threads spin ~0.2 ms, then sleep, so
+they do not starve OpenBLAS's threads) is set by `altclip_np.runtime.tune_process()`, when asked for.
 """
 from .attention import attention, attention_numpy
 from .elementwise import (ACT_GELU, ACT_NONE, ACT_QUICK_GELU, bias_act_residual_, bias_act_residual_numpy,

@@ -1,14 +1,8 @@
-"""The register tiles of the kernels: the GEMM's panel tile (attention's too, past 24 keys), and attention's
-4 x 4 dot products (short sequences).
+"""The GEMM's register tile (`panel_tile`, matmul.py's micro-kernel, also attention's; described there and in
+gemm_ladder.py, step 4) and the kernels' shared compile options.
 
-`panel_tile` (matmul.py's micro-kernel) is described there and in gemm_ladder.py, step 4. The rest of this
-docstring is about `dot_tile`, a 4 x 4 tile of dot products over a K-range.
-
-Both operands keep K contiguous (`x @ w.T` with w [N, K] is the checkpoint layout), so the tile is written
-as 16 dot products: per step of k it loads 4 values of A and 4 of B and does 16 multiply-adds. With
-`fastmath` reassociation LLVM vectorises the k-loop (8 or 16 lanes per accumulator), keeping the 16
-accumulators in registers; that is what makes it fast. The tile size is fixed here, not a runtime value,
-because LLVM only vectorises loops whose body it can see in full.
+The tile size is fixed here, not a runtime value, because LLVM only vectorises loops whose body it can see in
+full, and keeps a tile in registers only when its indices are constants (`stack_tile`).
 """
 import llvmlite.binding as llvm
 import numba
@@ -16,9 +10,6 @@ import numpy as np
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
-
-MR = 4  # rows of A per tile
-NR = 4  # rows of B (columns of C) per tile
 
 # fastmath without 'nnan'/'ninf': reassociation lets LLVM vectorise reductions, while -inf masks and NaNs
 # keep their IEEE meaning. Every kernel also uses error_model="numpy": under Numba's default ("python") each
@@ -35,41 +26,6 @@ def target_has_avx512():
     if features is None:
         features = llvm.get_host_cpu_features().flatten()
     return "+avx512f" in features.split(",")
-
-
-@njit(inline="always", **JIT)
-def dot_tile(a, i0, b, j0, k0, kc):  # a [>= i0+4, K], b [>= j0+4, K] -> 4x4 tuple of sum_k a[i, k] * b[j, k]
-    z = np.float32(0.0)
-    c00 = c01 = c02 = c03 = z
-    c10 = c11 = c12 = c13 = z
-    c20 = c21 = c22 = c23 = z
-    c30 = c31 = c32 = c33 = z
-    for k in range(k0, k0 + kc):
-        a0 = a[i0, k]
-        a1 = a[i0 + 1, k]
-        a2 = a[i0 + 2, k]
-        a3 = a[i0 + 3, k]
-        b0 = b[j0, k]
-        b1 = b[j0 + 1, k]
-        b2 = b[j0 + 2, k]
-        b3 = b[j0 + 3, k]
-        c00 += a0 * b0
-        c01 += a0 * b1
-        c02 += a0 * b2
-        c03 += a0 * b3
-        c10 += a1 * b0
-        c11 += a1 * b1
-        c12 += a1 * b2
-        c13 += a1 * b3
-        c20 += a2 * b0
-        c21 += a2 * b1
-        c22 += a2 * b2
-        c23 += a2 * b3
-        c30 += a3 * b0
-        c31 += a3 * b1
-        c32 += a3 * b2
-        c33 += a3 * b3
-    return ((c00, c01, c02, c03), (c10, c11, c12, c13), (c20, c21, c22, c23), (c30, c31, c32, c33))
 
 
 @intrinsic

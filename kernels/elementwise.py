@@ -148,7 +148,7 @@ def softmax_row(x, out, scratch):  # x [n] -> out [n] = exp(x - max) / sum; out 
 
 
 # in the model group: `auto` runs it for short sequences (scores on BLAS, then this, then p v on BLAS)
-@kernel(array(2), array(2, readonly=False), types.float32, array(2), types.int64, cost=2, group=MODEL)
+@kernel(array(2), array(2, readonly=False), types.float32, array(2), types.int64, cost=3, group=MODEL)
 def _softmax_rows(x, out, scale, mask, rows_per_mask):  # [R, n] -> [R, n]; mask [R / rows_per_mask, n] or [0, n]
     n = x.shape[1]
     for r in prange(x.shape[0]):
@@ -208,7 +208,7 @@ def epilogue_row(y, i, j0, j1, bias, act, residual, e, scratch):
             yr[j] += rr[j]
 
 
-@kernel(array(2, readonly=False), array(1), types.int64, array(2), cost=5)
+@kernel(array(2, readonly=False), array(1), types.int64, array(2), cost=3)
 def _bias_act_residual_rows(y, bias, act, residual):  # [R, n] in place, rows in parallel
     n = y.shape[1]
     for r in prange(y.shape[0]):

@@ -86,7 +86,7 @@ def pack_panels(w):  # [N, K] -> [ceil(N / LANES), K, LANES] float32, as pack_pa
     return wp
 
 
-@kernel(array(2), array(3), types.int64, array(2, readonly=False), array(1), types.int64, array(2), cost=6,
+@kernel(array(2), array(3), types.int64, array(2, readonly=False), array(1), types.int64, array(2), cost=4,
         group=MODEL)
 def _matmul_panels(a, wp, n, c, bias, act, residual):  # [M, K], panels of [N, K] -> c [M, N] (written)
     # then c = act(c + bias) + residual, with bias [N] or [0] and residual [M, N] or [0, 0] for none

@@ -12,7 +12,7 @@ import pytest
 import altclip_np
 import altclip_np.kernels as K
 from altclip_np.kernels import _jit
-from altclip_np.kernels.attention import RB, SHORT
+from altclip_np.kernels.attention import RB
 from conftest import TINY_CONFIGS, images, text_batch
 from altclip_np.kernels.matmul import KC, LANES, MC, NT, ROWS
 
@@ -132,12 +132,14 @@ def test_matmul_read_only_weight_and_out():
 # ---- attention -----------------------------------------------------------------------------------------------
 
 def attention_cases():
+    # nothing a multiple of the tile (ROWS queries x LANES keys or columns of D) or of a block of RB queries
     yield "seq1", (2, 3, 1, 8), None
     yield "ragged", (2, 3, RB + 5, 13), None
     yield "long", (1, 2, 2 * RB + 1, 64), None
-    yield "tiled-pv", (1, 2, SHORT + 7, 20), None  # past SHORT keys p v runs on the register tile
+    yield "keys-past-a-panel", (1, 2, LANES + 7, 20), None
+    yield "d-past-a-panel", (1, 2, 9, LANES + 3), None
     for name, (b, h, t, d) in {"padded": (3, 2, 11, 6), "one-key": (2, 4, RB + 3, 16),
-                               "tiled-one-key": (2, 2, SHORT + 3, 8)}.items():
+                               "panel-one-key": (2, 2, LANES + 3, 8)}.items():
         mask = np.zeros((b, 1, 1, t), np.float32)
         mask[0, ..., t // 2:] = F32_MIN  # half the keys hidden
         mask[-1, ..., 1:] = F32_MIN  # all but one key hidden
@@ -161,7 +163,7 @@ def test_attention(name, shape, mask):
     np.testing.assert_array_equal(out2, out)
 
 
-@pytest.mark.parametrize("tq,t", [(1, 9), (1, SHORT + 5), (RB + 2, 5), (3, RB + 2)])
+@pytest.mark.parametrize("tq,t", [(1, 9), (1, LANES + 5), (RB + 2, 5), (3, RB + 2)])
 def test_attention_queries_and_keys_differ_in_number(tq, t):
     # the embedding-only forward's last layer: the first token's query against every key
     q, k, v = randn(2, 3, tq, 16, scale=2.0), randn(2, 3, t, 16), randn(2, 3, t, 16)
