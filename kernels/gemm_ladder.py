@@ -62,7 +62,7 @@ def gemm_dot(a, b, c):  # [M, K], [N, K] -> c [M, N]
 
 # ---- 3. register tile of dot products ----------------------------------------------------------------------
 
-DOT_MR = DOT_NR = 4  # as _tile.dot_tile: 16 accumulators
+DOT_MR = DOT_NR = 4  # 16 accumulators (the tile attention ran on before the panel tile)
 
 
 @njit(**OPTS)
