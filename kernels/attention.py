@@ -10,7 +10,7 @@ panels of LANES columns of D. Per block:
      products over D = 64 needs); the keys are padded to whole panels here only (257 -> 320 on AVX-512);
   2. score * scale + mask, each row's max (`row_max`), exp(score - max) over the whole block as one flat
      vectorised loop (`_exp_row`: short rows would otherwise spend their time in a per-row loop's scalar
-     remainder), each row's sum; padded columns give exactly 0;
+     remainder; the padding keys' columns are computed too, finite, and never read), each row's sum;
   3. p v: ROWS queries x LANES columns of D per tile, a sum over the keys; each output row divided by its row
      sum at the store, so probabilities are only normalised when they are asked for.
 A query row's result does not depend on the other rows. One parallel region per call. Measured on Zen 5
@@ -69,12 +69,10 @@ def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kpan, vpan, 
         for p in range(kpan.shape[0]):  # [rb, D] x [D, T] -> s [rb, T + padding]
             for i0 in range(0, rb, ROWS):
                 panel_tile(qp, i0, rb, kpan[p], 0, d, s, p * LANES, tp, False)
-        for i in range(rb):  # scale, mask, -inf past the last key; each row's max
+        for i in range(rb):  # scale, mask, each row's max (the padding keys' columns are never read)
             for j in range(t):
                 s[i, j] = s[i, j] * scale + mask_b[j]
             m = row_max(s[i], t)
-            for j in range(t, tp):
-                s[i, j] = -np.inf
             for j in range(tp):
                 shifted[i, j] = s[i, j] - m  # stable: the largest exponent is 0
         blk = scratch[:rb * tp]
