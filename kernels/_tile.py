@@ -50,6 +50,21 @@ def stack_tile(typingctx, rows, cols):  # -> [rows, cols] float32 on the stack, 
     return tile(rows, cols), codegen
 
 
+@intrinsic
+def vectors_512(typingctx):  # () -> None: vectorise the calling function with 512-bit vectors
+    """LLVM compiles for Intel's AVX-512 cores with 256-bit vectors unless told otherwise (their tuning
+    `prefer-256-bit`, for the clock drop of 512-bit code on the first of them; AMD's Zen 4 and 5 have none).
+    The 6 x 64 tile is written for 32 zmm: as ymm it is 48 accumulators and spills (on a Xeon with AMX, at
+    Numba's target `rocketlake`: 48 FMAs and ~500 stack accesses in `inspect_asm`). The attribute is clang's
+    `-mprefer-vector-width=512`, for this function only; on a target with it already, it changes nothing."""
+    def codegen(context, builder, sig, args):
+        attributes = builder.function.attributes  # llvmlite accepts only its known names: add it as the set's
+        for key in ("prefer-vector-width", "min-legal-vector-width"):
+            set.add(attributes, f'"{key}"="512"')
+        return context.get_dummy_value()
+    return types.none(), codegen
+
+
 # The GEMM's tile by register file (the register budget is in matmul.py's docstring): ROWS rows of A (broadcast)
 # x LANES columns of C (4 vectors: zmm or ymm), the panel width the weights are packed to
 PANEL_ROWS, PANEL_LANES = (6, 64) if target_has_avx512() else (3, 32)
@@ -62,6 +77,8 @@ TILE = dict(JIT, fastmath=FAST - {"reassoc"})
 def panel_tile(a, i0, m, wp, k0, kc, c, j0, n, accumulate):
     # a [M, K]; wp [K, LANES]: W[j0:j0+LANES, :] k-major -> c[i0+r, j0+j] (+)= sum_k a[i0+r, k] wp[k, j]
     # for the part inside [m, n]; rows of a past m - 1 read row m - 1 (computed, not stored)
+    if PANEL_LANES == 64:
+        vectors_512()
     acc = stack_tile(PANEL_ROWS, PANEL_LANES)
     for r in range(PANEL_ROWS):
         for j in range(PANEL_LANES):
