@@ -33,13 +33,21 @@ def stack_tile(typingctx, rows, cols):  # -> [rows, cols] float32 on the stack, 
     """A register tile written as an array. An `np.empty` array is allocated by Numba's runtime, which LLVM
     cannot see through (it might alias A or B), so every `acc[i, j] +=` would stay a load and a store. A
     stack buffer (`alloca`) of constant size whose indices are constants once the loops over i and j are
-    unrolled is split by LLVM (SROA) into scalars, which then live in registers."""
+    unrolled is split by LLVM (SROA) into scalars, which then live in registers.
+    On an AVX-512 target the function holding the tile is compiled with 512-bit vectors: LLVM's tuning for
+    Intel's AVX-512 cores (`prefer-256-bit`, for the clock drop of 512-bit code on the first of them; AMD's Zen
+    4 and 5 have none) vectorises with ymm, and a tile written for 32 zmm then spills: the 6 x 64 tile as 48
+    ymm accumulators, ~500 stack accesses a call (a Xeon with AMX, Numba's target `rocketlake`). These are
+    clang's `-mprefer-vector-width=512` attributes, for that function only."""
     if not (isinstance(rows, types.IntegerLiteral) and isinstance(cols, types.IntegerLiteral)):
         return None
     r, c = rows.literal_value, cols.literal_value
     tile = types.Array(types.float32, 2, "C")
 
     def codegen(context, builder, sig, args):
+        if target_has_avx512():  # llvmlite's attribute set takes only its known names: add these as a set's
+            for key in ("prefer-vector-width", "min-legal-vector-width"):
+                set.add(builder.function.attributes, f'"{key}"="512"')
         f32 = context.get_value_type(types.float32)
         data = cgutils.alloca_once(builder, f32, size=r * c)
         array = context.make_array(tile)(context, builder)
@@ -48,21 +56,6 @@ def stack_tile(typingctx, rows, cols):  # -> [rows, cols] float32 on the stack, 
                                itemsize=intp(4), meminfo=None)
         return array._getvalue()
     return tile(rows, cols), codegen
-
-
-@intrinsic
-def vectors_512(typingctx):  # () -> None: vectorise the calling function with 512-bit vectors
-    """LLVM compiles for Intel's AVX-512 cores with 256-bit vectors unless told otherwise (their tuning
-    `prefer-256-bit`, for the clock drop of 512-bit code on the first of them; AMD's Zen 4 and 5 have none).
-    The 6 x 64 tile is written for 32 zmm: as ymm it is 48 accumulators and spills (on a Xeon with AMX, at
-    Numba's target `rocketlake`: 48 FMAs and ~500 stack accesses in `inspect_asm`). The attribute is clang's
-    `-mprefer-vector-width=512`, for this function only; on a target with it already, it changes nothing."""
-    def codegen(context, builder, sig, args):
-        attributes = builder.function.attributes  # llvmlite accepts only its known names: add it as the set's
-        for key in ("prefer-vector-width", "min-legal-vector-width"):
-            set.add(attributes, f'"{key}"="512"')
-        return context.get_dummy_value()
-    return types.none(), codegen
 
 
 # The GEMM's tile by register file (the register budget is in matmul.py's docstring): ROWS rows of A (broadcast)
@@ -77,8 +70,6 @@ TILE = dict(JIT, fastmath=FAST - {"reassoc"})
 def panel_tile(a, i0, m, wp, k0, kc, c, j0, n, accumulate):
     # a [M, K]; wp [K, LANES]: W[j0:j0+LANES, :] k-major -> c[i0+r, j0+j] (+)= sum_k a[i0+r, k] wp[k, j]
     # for the part inside [m, n]; rows of a past m - 1 read row m - 1 (computed, not stored)
-    if PANEL_LANES == 64:
-        vectors_512()
     acc = stack_tile(PANEL_ROWS, PANEL_LANES)
     for r in range(PANEL_ROWS):
         for j in range(PANEL_LANES):

@@ -26,7 +26,7 @@ an outer-product micro-kernel, packed panels, cache blocking, parallel blocks), 
     Measured on Zen 5 (one thread, in L1, GFLOP/s; a pure-FMA loop 236): 6 x 64 234, 4 x 64 230, 8 x 32 209,
     12 x 32 112 (spills), 16 x 16 150 (broadcasts folded into the FMAs); AVX2 build 3 x 32 110, 5 x 16 105,
     4 x 32 66 (spills) of 118.
-    LLVM vectorises for Intel's AVX-512 cores with ymm unless asked for zmm (`_tile.vectors_512`): as 48 ymm
+    LLVM vectorises for Intel's AVX-512 cores with ymm unless asked for zmm (`_tile.stack_tile` asks): as 48 ymm
     accumulators the tile spilled, 35-46 GFLOP/s at 2 threads against 117-185 asked (Xeon with AMX, model 167).
   - Blocking: KC = 1024 of K per tile call (W's micro-panel, 1024 x 64 x 4 B = 256 KiB, stays in L2 for all of
     a task's row tiles; A's ROWS rows stream from L1/L2). K = 1024 is then one block, written once instead of

@@ -113,7 +113,7 @@ print(json.dumps({"zmm": len(re.findall(r"vfmadd\w+\s+%zmm", asm)), "ymm": len(r
 @pytest.mark.slow
 @pytest.mark.parametrize("cpu", ["skylake-avx512", "znver4"])
 def test_the_avx512_tile_is_compiled_with_zmm(tmp_path, cpu):
-    # LLVM's tuning for Intel's AVX-512 cores prefers 256-bit vectors: without _tile.vectors_512 the 6 x 64
+    # LLVM's tuning for Intel's AVX-512 cores prefers 256-bit vectors: without the attributes _tile.stack_tile adds the 6 x 64
     # tile compiled for skylake-avx512 (or the Xeon's rocketlake) was 48 ymm FMAs and spilled (3-4x slower).
     # Compiled, not run, so it checks both vendors on any machine: the k loop is 6 x 64 / 16 = 24 zmm FMAs.
     features = "+avx512f,+avx512cd,+avx512bw,+avx512dq,+avx512vl,+avx2,+avx,+fma,+f16c,+bmi2"  # the CPU's own
