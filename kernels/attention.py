@@ -45,7 +45,11 @@ def attention_numpy(q, k, v, mask, scale, return_probs=False):
     return probs @ v, (probs if return_probs else None)
 
 
-@njit(**JIT)
+# Not cached on disk by itself: Numba keys a function's cache by its own file only, so a cached copy would
+# outlive a change to what it reads from _tile.py or elementwise.py (RB from ROWS: a 6-row tile's head
+# function inside a 5-row tile's kernel failed a reshape). It is compiled with `_attention`, whose cache
+# key has every kernel file's hash (_jit.py), and lives on in that kernel's cached machine code.
+@njit(**dict(JIT, cache=False))
 def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kpan, vpan, qp, s_flat, scratch, o, inv_sum):
     # one head: q, out [Tq, D]; k, v [T, D]; mask_b [T]; probs [Tq, T] (written if want_probs); kpan
     # [ceil(T / LANES), D, LANES] (k's panels, the weights' layout) and vpan [ceil(D / LANES), T, LANES] (v's),
