@@ -60,7 +60,7 @@ def stack_tile(typingctx, rows, cols):  # -> [rows, cols] float32 on the stack, 
 
 # The GEMM's tile by register file (the register budget is in matmul.py's docstring): ROWS rows of A (broadcast)
 # x LANES columns of C (4 vectors: zmm or ymm), the panel width the weights are packed to
-PANEL_ROWS, PANEL_LANES = (6, 64) if target_has_avx512() else (3, 32)
+PANEL_ROWS, PANEL_LANES = (5, 64) if target_has_avx512() else (3, 32)
 # No reassociation in the tile: each C element must stay one multiply-add chain in k order (the GEMM's
 # row-independence) whatever the tile shape around it; nothing here needs a reduction vectorised.
 TILE = dict(JIT, fastmath=FAST - {"reassoc"})
