@@ -5,8 +5,12 @@ thread count, not on anything one machine can measure for another: on a 2-core A
 on packed weights is even with or ahead of OpenBLAS at the model's shapes; compiled for AVX2 there, it trails
 OpenBLAS's Haswell kernels from 257 rows. So `altclip-np tune` (or `ensure()`) times, interleaved, medians:
   - for each class of GEMM rows the model runs (M = 128: eight 16-token texts; 257: one image; 616: eight
-    77-token texts; 2056: eight images), one encoder layer's GEMMs (4 x [1024 x 1024], [1024 x 4096],
-    [4096 x 1024]) on the Numba GEMM (the weights packed once, as the model keeps them) and on NumPy's BLAS;
+    77-token texts; 2056: eight images), a whole encoder layer as the model runs it (fast.Fast.vision_layer on
+    random weights of the real sizes: LayerNorm, q, k, v, attention, out + x, LayerNorm, fc1, fc2 + x), once
+    with every GEMM on the Numba GEMM (the weights packed once, as the model keeps them; bias, activation and
+    residual in its epilogue), once on NumPy's BLAS (those in a Numba pass after it). The GEMMs alone do not
+    tell: timed back to back on a Xeon, OpenBLAS won at 257 rows (27.1 against 28.5 ms a layer), while in the
+    layer, with the Numba kernels between them, the Numba GEMM's image forward ran 0.87x OpenBLAS's time;
   - for each class of sequence length (16 and 77 tokens: eight texts; 257: one image; 16 heads of 64), the fused
     Numba attention against scores on BLAS + the Numba softmax + p v on BLAS (what runs otherwise);
 and keeps the faster of each. A few seconds (so never before a one-off command's first result): `altclip-np
@@ -24,14 +28,15 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-GEMM_ROWS = (128, 257, 616, 2056)  # the model's row counts, one per class
-LAYER_GEMMS = ((1024, 1024),) * 4 + ((1024, 4096), (4096, 1024))  # (K, N): q, k, v, out, fc1, fc2
+GEMM_JOBS = ((8, 16), (1, 257), (8, 77), (8, 257))  # (batch, tokens): the model's GEMM rows, one job per class
+GEMM_ROWS = tuple(b * t for b, t in GEMM_JOBS)  # 128: eight 16-token texts; 257: one image; 616, 2056
 ATTENTION_JOBS = ((8, 16), (8, 77), (1, 257))  # (batch, tokens), 16 heads of 64: one per class of tokens
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512vnni", "avx512bf16", "amx-tile")
-FILE_FORMAT = 3  # 2: attention chosen per class of tokens; 3: the GEMM on packed weights
+FILE_FORMAT = 4  # 2: attention chosen per class of tokens; 3: the GEMM on packed weights; 4: in a whole layer
 log = logging.getLogger("altclip_np")
 _choices = None  # this process's, once loaded or measured
 
@@ -138,20 +143,26 @@ def save(path, key, measured):
     return data
 
 
-def measure(gemm_rows=GEMM_ROWS, layer_gemms=LAYER_GEMMS, attention_jobs=ATTENTION_JOBS, reps=3):
-    """Time both sides of each choice (interleaved, `reps` rounds after a warm-up; medians in seconds)."""
+def measure(gemm_jobs=GEMM_JOBS, dims=(1024, 4096, 16), attention_jobs=ATTENTION_JOBS, reps=3):
+    """Time both sides of each choice (interleaved, `reps` rounds after a warm-up; medians in seconds).
+    dims: (hidden size, MLP size, heads) of the layer the GEMM choice is timed in."""
     from . import kernels as K
+    from .fast import Fast
 
     rng = np.random.default_rng(0)
-    weights = [rng.standard_normal((n, k), dtype=np.float32) for k, n in layer_gemms]
-    panels = [K.pack_panels(w) for w in weights]  # packed once, as the model keeps them
+    layer, cfg = random_layer(rng, *dims)
+    panels = {id(w): (w, K.pack_panels(w)) for w in layer.linear_weights}  # packed once, as the model keeps them
+    sides = {}
+    for name, on_numba in (("numba", True), ("blas", False)):
+        sides[name] = ops = Fast("numba", panels)
+        ops.gemm_on_numba = lambda rows, on_numba=on_numba: on_numba  # every GEMM on one side; attention fused
     gemm_times, gemm_numba = {}, {}
-    for m in gemm_rows:
-        xs = {k: rng.standard_normal((m, k), dtype=np.float32) for k, _ in layer_gemms}
-        sides = {"numba": lambda: [K.matmul_panels(xs[w.shape[1]], p, w.shape[0]) for w, p in zip(weights, panels)],
-                 "blas": lambda: [xs[w.shape[1]] @ w.T for w in weights]}
-        gemm_times[str(m)] = t = _median_interleaved(sides, reps)
-        gemm_numba[str(m)] = t["numba"] <= t["blas"]
+    for batch, tokens in gemm_jobs:
+        x = rng.standard_normal((batch, tokens, dims[0]), dtype=np.float32)
+        t = _median_interleaved({name: lambda ops=ops: ops.vision_layer(x, layer, cfg)
+                                 for name, ops in sides.items()}, reps)
+        gemm_times[str(batch * tokens)] = t
+        gemm_numba[str(batch * tokens)] = t["numba"] <= t["blas"]
     attention_times, attention_numba = {}, {}
     for batch, tokens in attention_jobs:
         q, k, v = (rng.standard_normal((batch, 16, tokens, 64), dtype=np.float32) for _ in range(3))
@@ -163,6 +174,23 @@ def measure(gemm_rows=GEMM_ROWS, layer_gemms=LAYER_GEMMS, attention_jobs=ATTENTI
     return {"gemm_numba": gemm_numba, "attention_numba": attention_numba,
             "seconds": {"gemm": gemm_times, "attention": attention_times}, "source": "measured",
             "measured_at": time.time()}
+
+
+def random_layer(rng, d, f, heads):  # -> (an encoder layer's weights as vision.encoder_layer reads them, its config)
+    def ns(**kw):
+        return SimpleNamespace(**kw)
+
+    def lin(n_out, n_in):
+        return ns(weight=rng.standard_normal((n_out, n_in), dtype=np.float32) * np.float32(n_in ** -0.5),
+                  bias=rng.standard_normal(n_out, dtype=np.float32))
+
+    def norm():
+        return ns(weight=np.ones(d, np.float32), bias=np.zeros(d, np.float32))
+    attn = ns(q_proj=lin(d, d), k_proj=lin(d, d), v_proj=lin(d, d), out_proj=lin(d, d))
+    layer = ns(layer_norm1=norm(), self_attn=attn, layer_norm2=norm(), mlp=ns(fc1=lin(f, d), fc2=lin(d, f)))
+    layer.linear_weights = [p.weight for p in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, layer.mlp.fc1,
+                                               layer.mlp.fc2)]
+    return layer, ns(layer_norm_eps=1e-5, num_attention_heads=heads, hidden_act="quick_gelu")
 
 
 def _median_interleaved(sides, reps):

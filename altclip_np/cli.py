@@ -236,7 +236,7 @@ def cmd_tune(args):
     print(f"{'job':<24}{'Numba ms':>10}{'BLAS ms':>10}  auto runs")
     for m, t in data["seconds"]["gemm"].items():
         side = "Numba GEMM" if data["gemm_numba"][m] else "BLAS GEMM"
-        print(f"{f'encoder-layer GEMMs M={m}':<24}{t['numba'] * 1e3:>10.2f}{t['blas'] * 1e3:>10.2f}  {side}")
+        print(f"{f'encoder layer, M={m}':<24}{t['numba'] * 1e3:>10.2f}{t['blas'] * 1e3:>10.2f}  {side}")
     for job, t in data["seconds"]["attention"].items():
         side = "fused Numba" if data["attention_numba"][job.split("x")[1]] else "BLAS + Numba softmax"
         print(f"{f'attention {job}':<24}{t['numba'] * 1e3:>10.2f}{t['blas'] * 1e3:>10.2f}  {side}")

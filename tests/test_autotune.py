@@ -97,7 +97,7 @@ def test_the_auto_backend_follows_the_choices(cache, monkeypatch):
 
 
 def test_measure_times_both_sides_and_keeps_the_faster():
-    out = autotune.measure(gemm_rows=(8, 64), layer_gemms=((32, 48), (48, 32)), attention_jobs=((1, 9), (2, 5)),
+    out = autotune.measure(gemm_jobs=((2, 4), (1, 9)), dims=(32, 48, 2), attention_jobs=((1, 9), (2, 5)),
                            reps=1)
     for m, t in out["seconds"]["gemm"].items():
         assert t["numba"] > 0 and t["blas"] > 0
