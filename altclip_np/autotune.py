@@ -8,9 +8,9 @@ OpenBLAS's Haswell kernels from 257 rows. So `altclip-np tune` (or `ensure()`) t
     77-token texts; 2056: eight images), a whole encoder layer as the model runs it (fast.Fast.vision_layer on
     random weights of the real sizes: LayerNorm, q, k, v, attention, out + x, LayerNorm, fc1, fc2 + x), once
     with every GEMM on the Numba GEMM (the weights packed once, as the model keeps them; bias, activation and
-    residual in its epilogue), once on NumPy's BLAS (those in a Numba pass after it). The GEMMs alone do not
-    tell: timed back to back on a Xeon, OpenBLAS won at 257 rows (27.1 against 28.5 ms a layer), while in the
-    layer, with the Numba kernels between them, the Numba GEMM's image forward ran 0.87x OpenBLAS's time;
+    residual in its epilogue), once on NumPy's BLAS (those in a Numba pass after it). The GEMMs alone (then
+    on misaligned panels too) did not tell: timed back to back on a Xeon, OpenBLAS won at 257 rows (27.1
+    against 28.5 ms a layer), while the image forward ran in 0.87x the time on the Numba GEMM;
   - for each class of sequence length (16 and 77 tokens: eight texts; 257: one image; 16 heads of 64), the fused
     Numba attention against scores on BLAS + the Numba softmax + p v on BLAS (what runs otherwise);
 and keeps the faster of each. A few seconds (so never before a one-off command's first result): `altclip-np
