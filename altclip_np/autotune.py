@@ -5,7 +5,7 @@ thread count, not on anything one machine can measure for another: on a 2-core A
 on packed weights is even with or ahead of OpenBLAS at the model's shapes; compiled for AVX2 there, it trails
 OpenBLAS's Haswell kernels from 257 rows. So `altclip-np tune` (or `ensure()`) times, interleaved, medians:
   - for each class of GEMM rows the model runs (M = 128: eight 16-token texts; 257: one image; 616: eight
-    77-token texts; 2056: eight images), a whole encoder layer as the model runs it (fast.Fast.vision_layer on
+    77-token texts; 2056: eight images), a whole encoder layer as the model runs it (`layer_forward`, on
     random weights of the real sizes: LayerNorm, q, k, v, attention, out + x, LayerNorm, fc1, fc2 + x), once
     with every GEMM on the Numba GEMM (the weights packed once, as the model keeps them; bias, activation and
     residual in its epilogue), once on NumPy's BLAS (those in a Numba pass after it). The GEMMs alone (then
@@ -147,20 +147,14 @@ def measure(gemm_jobs=GEMM_JOBS, dims=(1024, 4096, 16), attention_jobs=ATTENTION
     """Time both sides of each choice (interleaved, `reps` rounds after a warm-up; medians in seconds).
     dims: (hidden size, MLP size, heads) of the layer the GEMM choice is timed in."""
     from . import kernels as K
-    from .fast import Fast
 
     rng = np.random.default_rng(0)
-    layer, cfg = random_layer(rng, *dims)
-    panels = {id(w): (w, K.pack_panels(w)) for w in layer.linear_weights}  # packed once, as the model keeps them
-    sides = {}
-    for name, on_numba in (("numba", True), ("blas", False)):
-        sides[name] = ops = Fast("numba", panels)
-        ops.gemm_on_numba = lambda rows, on_numba=on_numba: on_numba  # every GEMM on one side; attention fused
+    layer = random_layer(rng, *dims)
     gemm_times, gemm_numba = {}, {}
     for batch, tokens in gemm_jobs:
         x = rng.standard_normal((batch, tokens, dims[0]), dtype=np.float32)
-        t = _median_interleaved({name: lambda ops=ops: ops.vision_layer(x, layer, cfg)
-                                 for name, ops in sides.items()}, reps)
+        t = _median_interleaved({"numba": lambda: layer_forward(K, x, layer, on_numba=True),
+                                 "blas": lambda: layer_forward(K, x, layer, on_numba=False)}, reps)
         gemm_times[str(batch * tokens)] = t
         gemm_numba[str(batch * tokens)] = t["numba"] <= t["blas"]
     attention_times, attention_numba = {}, {}
@@ -176,21 +170,37 @@ def measure(gemm_jobs=GEMM_JOBS, dims=(1024, 4096, 16), attention_jobs=ATTENTION
             "measured_at": time.time()}
 
 
-def random_layer(rng, d, f, heads):  # -> (an encoder layer's weights as vision.encoder_layer reads them, its config)
-    def ns(**kw):
-        return SimpleNamespace(**kw)
-
+def random_layer(rng, d, f, heads):  # -> an encoder layer's random weights of the given sizes, and its panels
     def lin(n_out, n_in):
-        return ns(weight=rng.standard_normal((n_out, n_in), dtype=np.float32) * np.float32(n_in ** -0.5),
-                  bias=rng.standard_normal(n_out, dtype=np.float32))
+        w = rng.standard_normal((n_out, n_in), dtype=np.float32) * np.float32(n_in ** -0.5)
+        return SimpleNamespace(weight=w, bias=rng.standard_normal(n_out, dtype=np.float32), panels=None)
 
-    def norm():
-        return ns(weight=np.ones(d, np.float32), bias=np.zeros(d, np.float32))
-    attn = ns(q_proj=lin(d, d), k_proj=lin(d, d), v_proj=lin(d, d), out_proj=lin(d, d))
-    layer = ns(layer_norm1=norm(), self_attn=attn, layer_norm2=norm(), mlp=ns(fc1=lin(f, d), fc2=lin(d, f)))
-    layer.linear_weights = [p.weight for p in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, layer.mlp.fc1,
-                                               layer.mlp.fc2)]
-    return layer, ns(layer_norm_eps=1e-5, num_attention_heads=heads, hidden_act="quick_gelu")
+    layer = SimpleNamespace(heads=heads, q=lin(d, d), k=lin(d, d), v=lin(d, d), out=lin(d, d), fc1=lin(f, d),
+                            fc2=lin(d, f), ln_weight=np.ones(d, np.float32), ln_bias=np.zeros(d, np.float32))
+    from . import kernels as K
+    for p in (layer.q, layer.k, layer.v, layer.out, layer.fc1, layer.fc2):
+        p.panels = K.pack_panels(p.weight)  # packed once, as the model keeps them
+    return layer
+
+
+def layer_forward(K, x, layer, on_numba):  # [B, T, D] -> [B * T, D]: a pre-LN encoder layer on the kernels
+    """What fast.Fast.vision_layer runs, with every GEMM on the Numba GEMM (bias, activation and residual in
+    its epilogue) or on NumPy's BLAS (those in a Numba pass after it). (Written out here, not called: this
+    module is below the model's maths in the package's layers.)"""
+    b, t, d = x.shape
+    x = x.reshape(b * t, d)
+
+    def linear(h, p, act=K.ACT_NONE, residual=None):
+        if on_numba:
+            return K.matmul_panels(h, p.panels, p.weight.shape[0], bias=p.bias, act=act, residual=residual)
+        return K.bias_act_residual_(h @ p.weight.T, p.bias, act, residual)
+
+    h = K.layer_norm(x, layer.ln_weight, layer.ln_bias, 1e-5)
+    q, k, v = (linear(h, p).reshape(b, t, layer.heads, -1).transpose(0, 2, 1, 3) for p in (layer.q, layer.k, layer.v))
+    a, _ = K.attention(q, k, v, None, (d // layer.heads) ** -0.5)  # [B, H, T, D] view of [B, T, H, D] memory
+    x = linear(a.transpose(0, 2, 1, 3).reshape(b * t, d), layer.out, residual=x)
+    h = linear(K.layer_norm(x, layer.ln_weight, layer.ln_bias, 1e-5), layer.fc1, act=K.ACT_QUICK_GELU)
+    return linear(h, layer.fc2, residual=x)
 
 
 def _median_interleaved(sides, reps):

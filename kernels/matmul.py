@@ -35,9 +35,10 @@ an outer-product micro-kernel, packed panels, cache blocking, parallel blocks), 
   - Blocking: KC = 1024 of K per tile call (W's micro-panel, 1024 x 64 x 4 B = 256 KiB, stays in L2 for all of
     a task's row tiles; A's ROWS rows stream from L1/L2). K = 1024 is then one block, written once instead of
     written and added to: on Zen 5 KC = 1024 measured +2-8% over 512 at 2 threads, 2048 within 1% of 1024,
-    384 1-5% slower than 512. A task is a block of MC rows x NT columns of C; for each KC block it walks its W
-    micro-panels and, for each, its row tiles. MC = 260 (258 on AVX2) keeps an image's 257 rows in one task row: 256 made a
-    second, 1-row task that read each weight again.
+    384 1-5% slower than 512 (on the Xeon 64-512 were even with or slower than 1024). A task is a block of MC
+    rows x NT columns of C; for each KC block it walks its W micro-panels and, for each, its row tiles. MC =
+    260 (258 on AVX2) keeps an image's 257 rows in one task row: 256 made a second, 1-row task that read each
+    weight again.
   - `prange` over tasks, handed out one at a time (`parallel_chunksize(1)`): on a shared 2-core machine a
     thread whose core is busy (another process, OpenBLAS's spinning worker) takes fewer tasks instead of
     holding up the GEMM. Each task writes only its block of C.
