@@ -1,5 +1,5 @@
 """The GEMM's register tile (`panel_tile`, matmul.py's micro-kernel, also attention's; described there and in
-gemm_ladder.py, step 4) and the kernels' shared compile options.
+gemm_ladder.py, step 4).
 
 The tile size is fixed here, not a runtime value, because LLVM only vectorises loops whose body it can see in
 full, and keeps a tile in registers only when its indices are constants (`stack_tile`).
@@ -7,17 +7,11 @@ full, and keeps a tile in registers only when its indices are constants (`stack_
 import llvmlite.binding as llvm
 import numba
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# fastmath without 'nnan'/'ninf': reassociation lets LLVM vectorise reductions, while -inf masks and NaNs
-# keep their IEEE meaning. Every kernel also uses error_model="numpy": under Numba's default ("python") each
-# float division checks for zero to raise ZeroDivisionError, and that branch keeps a loop with a division
-# (erf's p / q, quick_gelu's x / (1 + e)) from vectorising: gelu measured 3.1 -> 0.31 ns per element.
-FAST = {"reassoc", "contract", "nsz", "arcp", "afn"}
-JIT = {"fastmath": FAST, "error_model": "numpy", "cache": True}  # every kernel's Numba options
-
+from ._jit import FAST, JIT, helper
 
 def target_has_avx512():
     """Does Numba compile for AVX-512? It takes NUMBA_CPU_FEATURES if set, else the host's features, whatever
@@ -66,7 +60,7 @@ PANEL_ROWS, PANEL_LANES = (5, 64) if target_has_avx512() else (3, 32)
 TILE = dict(JIT, fastmath=FAST - {"reassoc"})
 
 
-@njit(**TILE)  # a call per tile, not inlined: the same speed, and less to compile
+@helper(**TILE)  # a call per tile, not inlined: the same speed, and less to compile
 def panel_tile(a, i0, m, wp, k0, kc, c, j0, n, accumulate):
     # a [M, K]; wp [K, LANES]: W[j0:j0+LANES, :] k-major -> c[i0+r, j0+j] (+)= sum_k a[i0+r, k] wp[k, j]
     # for the part inside [m, n]; rows of a past m - 1 read row m - 1 (computed, not stored)

@@ -24,8 +24,8 @@ import numba
 import numpy as np
 from numba import njit, prange, types
 
-from ._jit import MODEL, array, kernel
-from ._tile import JIT, panel_tile
+from ._jit import JIT, MODEL, array, helper, kernel
+from ._tile import panel_tile
 from ._tile import PANEL_LANES as LANES
 from ._tile import PANEL_ROWS as ROWS
 from .elementwise import _exp_row, row_max
@@ -45,11 +45,7 @@ def attention_numpy(q, k, v, mask, scale, return_probs=False):
     return probs @ v, (probs if return_probs else None)
 
 
-# Not cached on disk by itself: Numba keys a function's cache by its own file only, so a cached copy would
-# outlive a change to what it reads from _tile.py or elementwise.py (RB from ROWS: a 6-row tile's head
-# function inside a 5-row tile's kernel failed a reshape). It is compiled with `_attention`, whose cache
-# key has every kernel file's hash (_jit.py), and lives on in that kernel's cached machine code.
-@njit(**dict(JIT, cache=False))
+@helper(**JIT)
 def _attention_head(q, k, v, mask_b, scale, out, probs, want_probs, kpan, vpan, qp, s_flat, scratch, o, inv_sum):
     # one head: q, out [Tq, D]; k, v [T, D]; mask_b [T]; probs [Tq, T] (written if want_probs); kpan
     # [ceil(T / LANES), D, LANES] (k's panels, the weights' layout) and vpan [ceil(D / LANES), T, LANES] (v's),

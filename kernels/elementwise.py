@@ -13,8 +13,8 @@ checked against math.erf in the tests.
 import numpy as np
 from numba import njit, prange, types
 
-from ._jit import MODEL, array, kernel
-from ._tile import JIT, stack_tile
+from ._jit import JIT, MODEL, array, kernel
+from ._tile import stack_tile
 
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI = np.float32(0.693359375)  # ln 2 = _LN2_HI + _LN2_LO, _LN2_HI exact in a few bits

@@ -18,7 +18,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._tile import JIT as OPTS  # the kernels' options: reassociation lets LLVM reorder sums, so vectorise them
+from ._jit import JIT as OPTS  # the kernels' options: reassociation lets LLVM reorder sums, so vectorise them
+from ._jit import helper
 from ._tile import stack_tile, target_has_avx512
 
 
@@ -29,7 +30,7 @@ def gemm_numpy(a, b):  # [M, K], [N, K] -> [M, N]
 
 # ---- 1. naive ----------------------------------------------------------------------------------------------
 
-@njit(error_model="numpy", cache=True)  # no fastmath: the sum is added in the order written
+@helper(error_model="numpy", cache=True)  # no fastmath: the sum is added in the order written
 def gemm_naive(a, b, c):  # [M, K], [N, K] -> c [M, N]
     """Three loops. Each k step adds to the previous sum, and IEEE addition is not associative, so LLVM must
     keep that order (and, without `contract`, a separate multiply and add): one scalar add per ~3 cycles,
@@ -45,7 +46,7 @@ def gemm_naive(a, b, c):  # [M, K], [N, K] -> c [M, N]
 
 # ---- 2. vectorised dot product -----------------------------------------------------------------------------
 
-@njit(**OPTS)
+@helper(**OPTS)
 def gemm_dot(a, b, c):  # [M, K], [N, K] -> c [M, N]
     """The same loops; `reassoc` lets LLVM split the sum into 16-lane partial sums (several zmm accumulators
     in flight, so latency hides) and add the lanes at the end. A[i, :] and B[j, :] are both contiguous in k,
@@ -65,7 +66,7 @@ def gemm_dot(a, b, c):  # [M, K], [N, K] -> c [M, N]
 DOT_MR = DOT_NR = 4  # 16 accumulators (the tile attention ran on before the panel tile)
 
 
-@njit(**OPTS)
+@helper(**OPTS)
 def gemm_dot_tile(a, b, c):  # [M, K], [N, K] -> c [M, N]
     """4 rows of A x 4 rows of B at a time, 16 dot products over the whole of K. Per k-vector it loads 4 + 4
     vectors and does 16 FMAs: 0.5 loads per FMA instead of 2, and B is streamed M/4 times instead of M.
@@ -111,7 +112,7 @@ MC = 512  # rows of A per packed block (2 MiB at KC = 1024: L3); M = 257 and 616
 NC = 4096  # columns of B per packed panel (16 MiB at KC = 1024: L3); the model's N is at most 4096
 
 
-@njit(**OPTS)
+@helper(**OPTS)
 def pack_a(a, i0, mc, k0, kc, ap):  # A[i0:i0+mc, k0:k0+kc] -> ap [mc/MR, KC, MR]: MR-row micro-panels, k-major
     for p in range((mc + MR - 1) // MR):
         for r in range(MR):
@@ -121,7 +122,7 @@ def pack_a(a, i0, mc, k0, kc, ap):  # A[i0:i0+mc, k0:k0+kc] -> ap [mc/MR, KC, MR
                 ap[p, :kc, r] = 0.0  # zero rows: the micro-kernel never sees a ragged edge
 
 
-@njit(**OPTS)
+@helper(**OPTS)
 def pack_b(b, j0, nc, k0, kc, bp):  # B[j0:j0+nc, k0:k0+kc] -> bp [nc/NR, KC, NR]: NR-column micro-panels, k-major
     for q in range((nc + NR - 1) // NR):
         for r in range(NR):
@@ -151,7 +152,7 @@ def micro_kernel(ap, bp, kc, c, i0, j0, m, n, accumulate):  # ap [KC, MR], bp [K
                 c[ii, jj] = acc[i, j]
 
 
-@njit(**OPTS)
+@helper(**OPTS)
 def blis_block(a, b, c, m0, m1, n0, n1):  # c[m0:m1, n0:n1] = a[m0:m1] @ b[n0:n1].T
     k_total = a.shape[1]
     ap = np.empty(((min(MC, m1 - m0) + MR - 1) // MR, KC, MR), np.float32)
@@ -169,7 +170,7 @@ def blis_block(a, b, c, m0, m1, n0, n1):  # c[m0:m1, n0:n1] = a[m0:m1] @ b[n0:n1
                         micro_kernel(ap[p], bp[q], kc, c, i0 + p * MR, j0 + q * NR, m1, j0 + nc, k0 > 0)
 
 
-@njit(**OPTS)
+@helper(**OPTS)
 def gemm_blis(a, b, c):  # [M, K], [N, K] -> c [M, N]
     """The GotoBLAS/BLIS GEMM (Goto & van de Geijn 2008; Van Zee & van de Geijn 2015), five loops around a
     micro-kernel. The micro-kernel is an outer product: per k it broadcasts MR values of A, loads NR / lanes
@@ -185,7 +186,7 @@ def gemm_blis(a, b, c):  # [M, K], [N, K] -> c [M, N]
 
 # ---- 5. parallel blocks ------------------------------------------------------------------------------------
 
-@njit(parallel=True, **OPTS)
+@helper(parallel=True, **OPTS)
 def _gemm_parallel(a, b, c, n_task):  # [M, K], [N, K] -> c [M, N], in tasks of <= MC rows x n_task columns
     m, n = a.shape[0], b.shape[0]
     n_blocks = (n + n_task - 1) // n_task

@@ -11,7 +11,7 @@ import pytest
 
 import altclip_np
 import altclip_np.kernels as K
-from altclip_np.kernels import _jit
+from altclip_np.kernels import _jit, _tile
 from altclip_np.kernels.attention import RB
 from conftest import TINY_CONFIGS, images, text_batch
 from altclip_np.kernels.matmul import KC, LANES, MC, NT, ROWS
@@ -311,5 +311,12 @@ def test_the_cache_key_covers_every_kernel_source(monkeypatch):
     k = _jit.KERNELS["_layer_norm_rows"]
     K.layer_norm(randn(2, 3), randn(3), randn(3), 1e-5)  # compiled (or loaded) and so in the cache
     assert k.cached()
+    tile = _tile.panel_tile  # a helper the kernels call, compiled here on its own
+    a, wp, c = randn(ROWS, 3), randn(3, LANES), np.zeros((ROWS, LANES), np.float32)
+    tile(a, 0, ROWS, wp, 0, 3, c, 0, LANES, False)
+    close(c, a @ wp, atol=1e-5)
+    sig, codegen = tile.signatures[0], tile.targetctx.codegen()
+    assert tile._cache.has(sig, codegen)
     monkeypatch.setattr(_jit, "SOURCES", "an edited " + _jit.SOURCES)
     assert not k.cached()
+    assert not tile._cache.has(sig, codegen)  # (Numba's own key, the file's stamp, would still match)
