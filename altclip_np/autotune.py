@@ -170,17 +170,16 @@ def measure(gemm_jobs=GEMM_JOBS, dims=(1024, 4096, 16), attention_jobs=ATTENTION
             "measured_at": time.time()}
 
 
-def random_layer(rng, d, f, heads):  # -> an encoder layer's random weights of the given sizes, and its panels
+def random_layer(rng, d, f, heads):  # -> an encoder layer's random weights of the given sizes, and their panels
+    from . import kernels as K
+
     def lin(n_out, n_in):
         w = rng.standard_normal((n_out, n_in), dtype=np.float32) * np.float32(n_in ** -0.5)
-        return SimpleNamespace(weight=w, bias=rng.standard_normal(n_out, dtype=np.float32), panels=None)
+        return SimpleNamespace(weight=w, bias=rng.standard_normal(n_out, dtype=np.float32),
+                               panels=K.pack_panels(w))  # packed once, as the model keeps them
 
-    layer = SimpleNamespace(heads=heads, q=lin(d, d), k=lin(d, d), v=lin(d, d), out=lin(d, d), fc1=lin(f, d),
-                            fc2=lin(d, f), ln_weight=np.ones(d, np.float32), ln_bias=np.zeros(d, np.float32))
-    from . import kernels as K
-    for p in (layer.q, layer.k, layer.v, layer.out, layer.fc1, layer.fc2):
-        p.panels = K.pack_panels(p.weight)  # packed once, as the model keeps them
-    return layer
+    return SimpleNamespace(heads=heads, q=lin(d, d), k=lin(d, d), v=lin(d, d), out=lin(d, d), fc1=lin(f, d),
+                           fc2=lin(d, f), ln_weight=np.ones(d, np.float32), ln_bias=np.zeros(d, np.float32))
 
 
 def layer_forward(K, x, layer, on_numba):  # [B, T, D] -> [B * T, D]: a pre-LN encoder layer on the kernels

@@ -80,8 +80,7 @@ class Kernel:
 
     def __init__(self, py_func, argtypes, cost, group, warm):
         self.name = py_func.__name__
-        self.dispatcher = njit(parallel=True, **JIT)(py_func)
-        self.dispatcher._cache = KernelCache(py_func)
+        self.dispatcher = helper(parallel=True, **JIT)(py_func)
         self.sig = tuple(argtypes)
         self.cost = cost  # seconds of CPU to compile, measured (for the message and for sharing out the work)
         self.group = group  # compiled together with the kernels of the same group, when the first is needed
