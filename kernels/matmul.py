@@ -18,18 +18,20 @@ an outer-product micro-kernel, packed panels, cache blocking, parallel blocks), 
   - Every element of C is, per KC block, one chain of multiply-adds in k order (the tile is compiled without
     reassociation), added to C block after block: the bits of a row do not depend on the other rows of A or
     on the tile that computed it, so an image gives the same bits alone or in any batch.
-  - The tile by register file (`_tile.PANEL_ROWS, PANEL_LANES`), four vectors of W wide, as few rows as keep
-    the FMA units busy: AVX-512 (32 zmm of 16 floats) 5 x 64: 5 x 4 = 20 accumulators + 5 broadcasts + 4
-    vectors of W = 29, so the k loop is 5 broadcasts, 4 loads and 20 FMAs and nothing else on every target
-    LLVM schedules for; AVX2 (16 ymm of 8 floats) 3 x 32: 12 accumulators + 3 broadcasts + 1 of W = 16. Per step
-    of k that is one broadcast for every 4 FMAs: the broadcasts and loads, not the FMAs, were what held the
-    earlier 8 x 32 (one per 2 FMAs) back.
+  - The tile by register file (`_tile.PANEL_ROWS, PANEL_LANES`), four vectors of W wide: AVX-512 (32 zmm of 16
+    floats) 6 x 64: 6 x 4 = 24 accumulators + 6 broadcasts + 2 vectors of W in flight = 32, so the k loop is 6
+    broadcasts, 4 loads and 24 FMAs and nothing else; AVX2 (16 ymm of 8 floats) 3 x 32: 12 accumulators + 3
+    broadcasts + 1 of W = 16. Per step of k that is one broadcast for every 4 FMAs: the broadcasts and loads, not
+    the FMAs, were what held the earlier 8 x 32 (one per 2 FMAs) back. W's micro-panel streams from L2 (below),
+    so the rows are what W's 256 bytes a step are spent on: 6 rows make them 24 FMAs instead of 5 rows' 20. On a
+    Xeon with AMX under KVM (model 167, Numba's `rocketlake`), 2 threads, weights cold (48 distinct), GFLOP/s,
+    4 interleaved rounds: 5 x 64 -> 6 x 64 at 257 x 1024 x 4096 312-329 -> 335-346, 257 x 4096 x 1024
+    308-321 -> 333-339, 616 x 1024 x 3072 327-346 -> 348-359, 128 x 1024 x 4096 even. It takes
+    `_tile.stack_tile`'s schedule for Sapphire Rapids: LLVM's own for this Xeon spilled the 6 x 64 tile every
+    step (5 x 64 was the tile while it did: 175 against 165 GFLOP/s in L1, one thread).
     Measured on Zen 5 (one thread, in L1, GFLOP/s; a pure-FMA loop 236): 6 x 64 234, 4 x 64 230, 8 x 32 209,
     12 x 32 112 (spills), 16 x 16 150 (broadcasts folded into the FMAs); AVX2 build 3 x 32 110, 5 x 16 105,
-    4 x 32 66 (spills) of 118. 6 x 64 (24 + 6 + 4 = 34 live) was clean for znver4 and sapphirerapids, but
-    LLVM's schedule for skylake-avx512 and rocketlake (a Xeon with AMX under KVM reports model 167) hoists
-    every load, then rotates 14 accumulators through spare registers and spills one each step: on that Xeon
-    5 x 64 ran 175 against 165 GFLOP/s in L1 (one thread) and 3-5% faster at 2 threads at most model shapes.
+    4 x 32 66 (spills) of 118.
     LLVM vectorises for Intel's AVX-512 cores with ymm unless asked for zmm (`_tile.stack_tile` asks): as 48 ymm
     accumulators the tile spilled, 35-46 GFLOP/s at 2 threads against 117-185 asked (Xeon with AMX, model 167).
   - Blocking: KC = 1024 of K per tile call (W's micro-panel, 1024 x 64 x 4 B = 256 KiB, stays in L2 for all of
@@ -37,8 +39,8 @@ an outer-product micro-kernel, packed panels, cache blocking, parallel blocks), 
     written and added to: on Zen 5 KC = 1024 measured +2-8% over 512 at 2 threads, 2048 within 1% of 1024,
     384 1-5% slower than 512 (on the Xeon 64-512 were even with or slower than 1024). A task is a block of MC
     rows x NT columns of C; for each KC block it walks its W micro-panels and, for each, its row tiles. MC =
-    260 (258 on AVX2) keeps an image's 257 rows in one task row: 256 made a second, 1-row task that read each
-    weight again.
+    258 (43 tiles of 6, or 86 of 3 on AVX2) keeps an image's 257 rows in one task row: 256 made a second, 1-row
+    task that read each weight again.
   - `prange` over tasks, handed out one at a time (`parallel_chunksize(1)`): on a shared 2-core machine a
     thread whose core is busy (another process, OpenBLAS's spinning worker) takes fewer tasks instead of
     holding up the GEMM. Each task writes only its block of C.
@@ -58,7 +60,7 @@ from .elementwise import ACT_NONE, _res, _vec, bias_act_residual_numpy, epilogue
 KC = 1024  # K per micro-kernel call
 IMAGE_ROWS = 257  # an image's tokens at 224 px
 # rows of A (C) per task: whole tiles (a tile's rows past its task would be stored into the next task's), >= 257,
-# so an image's rows read each weight once (260 on AVX-512, 258 on AVX2)
+# so an image's rows read each weight once (258 on AVX-512 and on AVX2)
 MC = -(-IMAGE_ROWS // ROWS) * ROWS
 NT = 128  # columns of C (rows of W) per task: whole panels (a multiple of LANES)
 
