@@ -9,12 +9,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-
-import altclip_np
-
 ROOT = Path(__file__).resolve().parent.parent
+# The repository's top-level kernels/ folder (installed as altclip_np.kernels) shadows Hugging Face's `kernels`
+# package, which transformers imports, wherever the repository root is on sys.path: `python -m pytest` puts the
+# working directory there (plain `pytest` does not). transformers then fails to import ("cannot import name
+# 'CUDAProperties' from 'kernels'"). altclip_np itself is imported from its install, so the root can go.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import altclip_np  # noqa: E402
+
 # The auto backend's measurements (autotune.py) go to a directory of this run's, not the user's cache.
 os.environ.setdefault("ALTCLIP_NP_CACHE_DIR", tempfile.mkdtemp(prefix="altclip-np-test-cache-"))
 

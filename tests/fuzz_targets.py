@@ -37,7 +37,6 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DEADLINE_MS = 2000
 HEADROOM = 256 << 20  # bytes of address space an input may add

@@ -33,8 +33,9 @@ import numpy as np  # noqa: E402
 BASE_ENV = dict(os.environ)  # for the child processes, as this process starts
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
+# (not the repository root: its kernels/ folder would shadow Hugging Face's `kernels`, which transformers imports;
+# altclip_np is imported from its install)
+sys.path[:] = [str(ROOT / "tools")] + [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 import bench_peers  # noqa: E402
 CACHE = Path(os.environ.get("ALTCLIP_NP_BENCH_CACHE", Path.home() / ".cache" / "altclip-np-bench"))
 CKPT = CACHE / "altclip-large-random"
@@ -366,14 +367,14 @@ def first_result_section(reps, peers=()):
     if not image.is_file():
         rng = np.random.default_rng(0)
         Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(image)
-    prelude = (f"CKPT = {str(CKPT)!r}\nLABELS = {LABELS!r}\nTHREADS = {THREADS}\n"
+    prelude = (f"CKPT = {str(CKPT)!r}\nTOOLS = {str(ROOT / 'tools')!r}\nLABELS = {LABELS!r}\nTHREADS = {THREADS}\n"
                f"from PIL import Image\nIMAGE = Image.open({str(image)!r})\n")
     bodies = {**FIRST_RESULT, **{p: f"PEER = {p!r}\n" + bench_peers.FIRST_RESULT for p in peers}}
 
     def first_result(name, env):  # -> (wall s, peak RSS GiB, logits[, session creation s])
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", prelude + bodies[name] + PEAK_RSS], capture_output=True,
-                              text=True, cwd=ROOT, env=env)
+                              text=True, cwd=CACHE, env=env)  # (not the root: see sys.path)
         wall = time.perf_counter() - t
         if proc.returncode:
             raise RuntimeError(f"{name} first-result job failed:\n{proc.stderr[-2000:]}")

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from altclip_np import ann, index  # noqa: E402
+from altclip_np import ann, index
 
 SHARD = 65536
 

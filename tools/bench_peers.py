@@ -188,7 +188,7 @@ def runners(peer, checkpoint, threads):
 # sessions took to create (the peer's cold start) before the logits.
 FIRST_RESULT = """
 import sys, time, json
-sys.path.insert(0, "tools")
+sys.path.insert(0, TOOLS)
 import numpy as np
 import transformers
 import bench_peers
