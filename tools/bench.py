@@ -2,6 +2,7 @@
 
     python tools/bench.py [--threads 2] [--reps 5] [--quick] [--checkpoint DIR]
     python tools/bench.py --gemm-ladder   # each step of kernels/gemm_ladder.py (tools/gemm_ladder_bench.py)
+    python tools/bench.py --backends      # the model jobs on the `auto` backend against the `numpy` one
 
 The checkpoint (ViT-L/14 at 224 + XLM-R large, 864M random parameters, 3.2 GiB of safetensors) is made once
 with transformers' `AltCLIPModel(config).save_pretrained` and cached under ~/.cache/altclip-np-bench, with a
@@ -221,9 +222,11 @@ def worker(side):
     """One side of the model section, in a process of its own (torch's and Numba's thread pools never share a
     process): reads `JOB_INDEX [SAVE_PATH]` lines, runs the job once, answers with the seconds it took.
     "ours" runs get_*_features (the whole tower's output, like transformers), "encode" encode_text/encode_image
-    (the pooled embedding only, as the CLI does), "theirs" transformers' get_*_features, "onnxruntime" and
+    (the pooled embedding only, as the CLI does), "numpy" encode_* on the `numpy` backend, "theirs" transformers' get_*_features, "onnxruntime" and
     "openvino" the graphs exported from transformers' get_*_features (tools/bench_peers.py)."""
-    if side in ("ours", "encode"):
+    if side == "numpy":  # encode_* on the reference (every GEMM on OpenBLAS), for the `auto` vs `numpy` table
+        os.environ["ALTCLIP_NP_BACKEND"] = "numpy"
+    if side in ("ours", "encode", "numpy"):
         import altclip_np
         altclip_np.runtime.tune_process()  # as the altclip-np command runs
         # throughput in a loop: weights stay mapped in, as `altclip-np embed` runs (the first-result job below
@@ -323,6 +326,30 @@ def model_section(reps, peak, quick, peers=()):
     for w in workers.values():
         w.close()
     return rows + ([""] + peer_rows if peers else [])
+
+
+def backend_section(reps):
+    """encode_* on the `auto` backend (the default) against the `numpy` backend (the reference: every GEMM on
+    OpenBLAS), each in its own worker, alternating, medians; the spread is each side's slowest / fastest run, the
+    run's noise the ratio is read against."""
+    workers = {side: Worker(side) for side in ("encode", "numpy")}
+    rows = ["| job | auto /s | numpy /s | auto / numpy | spread auto, numpy |", "|---|---|---|---|---|"]
+    for index, (kind, batch, tokens) in enumerate(JOBS):
+        for w in workers.values():
+            w.run(index)  # warm-up
+        times = {side: [] for side in workers}
+        for rep in range(reps if batch * (tokens or 257) < 2000 else max(3, reps // 2)):
+            for side in list(workers)[rep % 2:] + list(workers)[:rep % 2]:
+                times[side].append(workers[side].run(index))
+        t = {side: float(np.median(ts)) for side, ts in times.items()}
+        spread = ", ".join(f"{max(ts) / min(ts):.2f}" for ts in times.values())
+        unit = {"vision": "images", "text": f"texts ({tokens} tokens)", "mixed": f"texts (6-{tokens} tokens)"}
+        rows.append(f"| {unit[kind]} x {batch} | {batch / t['encode']:.2f} | {batch / t['numpy']:.2f} | "
+                    f"{t['numpy'] / t['encode']:.2f}x | {spread} |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    for w in workers.values():
+        w.close()
+    return rows
 
 
 FIRST_RESULT = {
@@ -447,7 +474,9 @@ def main(argv=None):
     parser.add_argument("--skip-model", action="store_true", help="only the GEMM and attention kernels")
     parser.add_argument("--checkpoint", help="run the model sections on this checkpoint directory instead")
     parser.add_argument("--gemm-ladder", action="store_true", help="only the GEMM ladder's steps, in GFLOP/s")
-    parser.add_argument("--worker", choices=("ours", "encode", "theirs", "mlas", *bench_peers.PEERS),
+    parser.add_argument("--backends", action="store_true",
+                        help="only the model jobs on the `auto` backend against the `numpy` one")
+    parser.add_argument("--worker", choices=("ours", "encode", "numpy", "theirs", "mlas", *bench_peers.PEERS),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -465,6 +494,11 @@ def main(argv=None):
     print(f"# altclip_np bench: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{THREADS} threads, numpy {np.__version__}, backend {get_backend()!r}\n")
     print("\n".join(machine_header()) + "\n", flush=True)
+    if args.backends:
+        build_checkpoint()
+        print("\n".join(backend_section(max(3, args.reps + 2))) + "\n")
+        print(f"(bench took {time.perf_counter() - start:.0f} s)")
+        return
     gemm, peak = gemm_section(args.reps)
     print("\n".join(gemm), f"\n\nsgemm peak (OpenBLAS's fastest run above): {peak:.0f} GFLOP/s\n", flush=True)
     print("\n".join(attention_section(args.reps)) + "\n", flush=True)
