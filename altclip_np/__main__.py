@@ -4,9 +4,16 @@ It tunes the process (altclip_np.runtime.tune_process) before anything loads Num
 thread timeout only then; the command itself is altclip_np.cli.
 """
 import sys
+from pathlib import Path
 
 
 def main(argv=None):
+    # `python -m altclip_np` run in a checkout puts its root on sys.path, where the kernels/ folder (installed as
+    # altclip_np.kernels) would shadow Hugging Face's `kernels` package, which transformers imports (`parity`
+    # failed: "cannot import name 'CUDAProperties' from 'kernels'"). The command owns its process.
+    root = Path(__file__).resolve().parent.parent
+    if (root / "kernels" / "_tile.py").is_file():
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
     from . import runtime
     runtime.tune_process()
     from .cli import main as cli_main

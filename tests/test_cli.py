@@ -4,6 +4,9 @@ Numbers are checked against the library API (altclip_np) and against transformer
 (concurrent writers, kills, a full disk, malformed files) is tested in tests/test_index.py.
 """
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ import pytest
 from PIL import Image
 
 from altclip_np import cli, index, parity
-from conftest import run
+from conftest import ROOT, run
 
 LABELS = ["猫", "dog", "고양이", "a red car"]
 
@@ -223,6 +226,19 @@ def test_parity_table_matches_a_direct_comparison(ckpt, ours):
         cosine = (a.ravel() @ b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b)
         assert rows[name]["cosine"] == pytest.approx(cosine, abs=1e-12), name
         assert rows[name]["shape"] == list(b.shape)
+
+
+def test_parity_as_a_module_in_the_checkouts_root(ckpt):
+    """`python -m altclip_np` puts the working directory on sys.path; in the repository's root its kernels/ folder
+    shadowed Hugging Face's `kernels`, which transformers imports, and parity failed to load transformers."""
+    if not (ROOT / "kernels" / "_tile.py").is_file():
+        pytest.skip("not run from a checkout")
+    result = subprocess.run([sys.executable, "-m", "altclip_np", "parity", "--model", str(ckpt), "--json"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["first_past_tolerance"] is None and len(report["rows"]) == 20  # as the test above lists them
 
 
 def test_parity_flags_the_first_layer_past_tolerance(ckpt, capsys):
