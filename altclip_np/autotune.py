@@ -59,8 +59,18 @@ def cache_key():
     return {"cpu": _cpu_model(), "isa": [f for f in ISA_FLAGS if features.get(f)], "numba_cpu": target,
             "numba_avx512": target_has_avx512(), "numba_features": numba.config.CPU_FEATURES,
             "numba_threads": numba.get_num_threads(),
-            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "",
+            "blas_threads": blas_threads(),
             "altclip_np": __version__, "numpy": np.__version__}
+
+
+def blas_threads():  # OpenBLAS's thread count as it reads it: the variables, else every CPU this process may use
+    """The same count spelled two ways is one key: a calibration made with OPENBLAS_NUM_THREADS unset holds for
+    a program that sets it to the CPU count (as tools/bench.py does)."""
+    for var in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return str(int(value))
+    return str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def cache_file(key):

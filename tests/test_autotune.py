@@ -63,6 +63,21 @@ def test_a_cache_with_another_key_is_ignored_and_replaced(cache):
     assert json.loads(path.read_text())["key"] == key
 
 
+def test_the_blas_thread_count_is_keyed_by_its_value_not_its_spelling(monkeypatch):
+    for var in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    cpus = len(os.sched_getaffinity(0))
+    unset = autotune.cache_key()
+    assert unset["blas_threads"] == str(cpus)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(cpus))  # what tools/bench.py sets: the same calibration
+    assert autotune.cache_key() == unset
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(cpus + 1))  # another count: another key
+    assert autotune.cache_key()["blas_threads"] == str(cpus + 1)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "")  # empty is unset, as OpenBLAS reads it
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert autotune.cache_key()["blas_threads"] == "1"
+
+
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"format": 1}', "", "\x00" * 10])
 def test_a_corrupt_cache_is_measured_again_and_replaced(cache, content):
     path = autotune.cache_file(autotune.cache_key())
