@@ -222,8 +222,9 @@ def worker(side):
     """One side of the model section, in a process of its own (torch's and Numba's thread pools never share a
     process): reads `JOB_INDEX [SAVE_PATH]` lines, runs the job once, answers with the seconds it took.
     "ours" runs get_*_features (the whole tower's output, like transformers), "encode" encode_text/encode_image
-    (the pooled embedding only, as the CLI does), "numpy" encode_* on the `numpy` backend, "theirs" transformers' get_*_features, "onnxruntime" and
-    "openvino" the graphs exported from transformers' get_*_features (tools/bench_peers.py)."""
+    (the pooled embedding only, as the CLI does), "numpy" encode_* on the `numpy` backend, "theirs" transformers'
+    get_*_features, "onnxruntime" and "openvino" the graphs exported from transformers' get_*_features
+    (tools/bench_peers.py)."""
     if side == "numpy":  # encode_* on the reference (every GEMM on OpenBLAS), for the `auto` vs `numpy` table
         os.environ["ALTCLIP_NP_BACKEND"] = "numpy"
     if side in ("ours", "encode", "numpy"):
@@ -279,6 +280,22 @@ class Worker:
         self.proc.wait()
 
 
+def job_label(kind, batch, tokens):  # a job's name in the tables
+    unit = {"vision": "images", "text": f"texts ({tokens} tokens)", "mixed": f"texts (6-{tokens} tokens)"}
+    return f"{unit[kind]} x {batch}"
+
+
+def timed_rounds(workers, index, reps):
+    """{side: [seconds]} of job `index` on each worker: `reps` rounds (half, at least 3, for big jobs), the order
+    rotating, so no side always runs right after the same other one."""
+    kind, batch, tokens = JOBS[index]
+    times, sides = {side: [] for side in workers}, list(workers)
+    for rep in range(reps if batch * (tokens or 257) < 2000 else max(3, reps // 2)):
+        for side in sides[rep % len(sides):] + sides[:rep % len(sides)]:
+            times[side].append(workers[side].run(index))
+    return times
+
+
 def model_section(reps, peak, quick, peers=()):
     """Throughput of each side in its own worker process, alternating A B C, B C A, ... after a warm-up run;
     a second table against the `peers` (bench_peers.PEERS), run in the same rotation."""
@@ -295,30 +312,24 @@ def model_section(reps, peak, quick, peers=()):
     with tempfile.TemporaryDirectory() as tmp:
         for index in jobs:
             kind, batch, tokens = JOBS[index]
+            label = job_label(kind, batch, tokens)
             for side, w in workers.items():  # warm-up, and the outputs for the difference
                 w.run(index, f"{tmp}/{side}.npy")
             theirs = np.load(f"{tmp}/theirs.npy")
             diffs = {side: float(np.abs(np.load(f"{tmp}/{side}.npy") - theirs).max()) for side in workers}
             diff = max(diffs["ours"], diffs["encode"])
-            n = reps if batch * (tokens or 257) < 2000 else max(3, reps // 2)
-            times = {side: [] for side in workers}
-            sides = list(workers)
-            for rep in range(n):  # the order rotates, so no side always runs right after the same other one
-                for side in sides[rep % len(sides):] + sides[:rep % len(sides)]:
-                    times[side].append(workers[side].run(index))
-            t = {side: float(np.median(ts)) for side, ts in times.items()}
+            t = {side: float(np.median(ts)) for side, ts in timed_rounds(workers, index, reps).items()}
             # FLOPs of the whole padded batch: what get_*_features computes, on both sides
             flops = vision_flops(batch) if kind == "vision" else text_flops(batch, tokens)
-            unit = {"vision": "images", "text": f"texts ({tokens} tokens)", "mixed": f"texts (6-{tokens} tokens)"}
             g = {side: flops / t[side] / 1e9 for side in t}
-            rows.append(f"| {unit[kind]} x {batch} | {batch / t['ours']:.2f} | {batch / t['encode']:.2f} | "
+            rows.append(f"| {label} | {batch / t['ours']:.2f} | {batch / t['encode']:.2f} | "
                         f"{batch / t['theirs']:.2f} | {t['theirs'] / t['ours']:.2f}x | "
                         f"{t['theirs'] / t['encode']:.2f}x | {g['ours']:.0f} ({g['ours'] / peak:.0%}) | "
                         f"{g['theirs']:.0f} ({g['theirs'] / peak:.0%}) | {diff:.1e} |")
             print(rows[-1], file=sys.stderr, flush=True)
             if peers:
                 ours = min(t["ours"], t["encode"])
-                cells = [f"{unit[kind]} x {batch}", f"{batch / ours:.2f}", *[f"{batch / t[p]:.2f}" for p in peers],
+                cells = [label, f"{batch / ours:.2f}", *[f"{batch / t[p]:.2f}" for p in peers],
                          *[f"{t[p] / ours:.2f}x" for p in peers], *[f"{g[p]:.0f} ({g[p] / peak:.0%})" for p in peers],
                          *[f"{diffs[p]:.1e}" for p in peers]]
                 peer_rows.append("| " + " | ".join(cells) + " |")
@@ -337,14 +348,10 @@ def backend_section(reps):
     for index, (kind, batch, tokens) in enumerate(JOBS):
         for w in workers.values():
             w.run(index)  # warm-up
-        times = {side: [] for side in workers}
-        for rep in range(reps if batch * (tokens or 257) < 2000 else max(3, reps // 2)):
-            for side in list(workers)[rep % 2:] + list(workers)[:rep % 2]:
-                times[side].append(workers[side].run(index))
+        times = timed_rounds(workers, index, reps)
         t = {side: float(np.median(ts)) for side, ts in times.items()}
         spread = ", ".join(f"{max(ts) / min(ts):.2f}" for ts in times.values())
-        unit = {"vision": "images", "text": f"texts ({tokens} tokens)", "mixed": f"texts (6-{tokens} tokens)"}
-        rows.append(f"| {unit[kind]} x {batch} | {batch / t['encode']:.2f} | {batch / t['numpy']:.2f} | "
+        rows.append(f"| {job_label(kind, batch, tokens)} | {batch / t['encode']:.2f} | {batch / t['numpy']:.2f} | "
                     f"{t['numpy'] / t['encode']:.2f}x | {spread} |")
         print(rows[-1], file=sys.stderr, flush=True)
     for w in workers.values():

@@ -155,23 +155,32 @@ def prepare(checkpoint):
     return peers, notes
 
 
+def ort_options(threads):  # ONNX Runtime's session options, as the bench runs it
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def openvino_config(threads):  # OpenVINO's compile_model configuration, as the bench runs it
+    return {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+
+
 def session(peer, path, threads):
     """A callable {input name: array} -> the graph's one output, for `peer` on the CPU."""
     if peer == "onnxruntime":
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), ort_options(threads), providers=["CPUExecutionProvider"])
         return lambda inputs: sess.run(None, inputs)[0]
     if peer == "openvino":
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                               "INFERENCE_NUM_THREADS": threads})
+        compiled = ov.Core().compile_model(str(path), "CPU", openvino_config(threads))
         request = compiled.create_infer_request()
         return lambda inputs: request.infer(inputs)[0].copy()
     raise ValueError(f"unknown peer {peer!r}: expected one of {', '.join(PEERS)}")

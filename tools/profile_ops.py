@@ -84,40 +84,32 @@ def profile_ours(inputs, kind):
 
 
 def profile_peer(inputs, kind):
-    directory = bench_peers.onnx_dir(bench.CKPT)
-    path = directory / f"{kind}.onnx"
-    names = bench_peers.GRAPHS[kind][0]
-    feed = {n: inputs[n].astype(np.int64) if n != "pixel_values" else inputs[n] for n in names}
+    path = bench_peers.onnx_dir(bench.CKPT) / f"{kind}.onnx"
     times = defaultdict(float)
     walls = []
     if OPTS.side == "openvino":
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                               "INFERENCE_NUM_THREADS": OPTS.threads,
-                                                               "PERF_COUNT": True})
-        request = compiled.create_infer_request()
-        request.infer(feed)
+        config = {**bench_peers.openvino_config(OPTS.threads), "PERF_COUNT": True}
+        request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+        request.infer(inputs)
         for _ in range(OPTS.reps):
             t = time.perf_counter()
-            request.infer(feed)
+            request.infer(inputs)
             walls.append(time.perf_counter() - t)
             for info in request.get_profiling_info():
                 times[f"{info.node_type} ({info.exec_type})"] += info.real_time.total_seconds()
         return times, {}, sum(walls), "OpenVINO (PERF_COUNT: real time per node type)"
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = OPTS.threads, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = bench_peers.ort_options(OPTS.threads)
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(bench.CACHE) / "ort-profile")
     sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    sess.run(None, feed)
+    sess.run(None, inputs)
     for _ in range(OPTS.reps):
         t = time.perf_counter()
-        sess.run(None, feed)
+        sess.run(None, inputs)
         walls.append(time.perf_counter() - t)
     trace = Path(sess.end_profiling())
     events = json.loads(trace.read_text())
