@@ -85,6 +85,7 @@ class Fast:
         from . import kernels
         self.name, self.kernels, self.panels = name, kernels, panels
         self.act_codes = {None: kernels.ACT_NONE, "gelu": kernels.ACT_GELU, "quick_gelu": kernels.ACT_QUICK_GELU}
+        self.hidden = None  # fc1's output, the same memory for every layer of this call (mlp_buffer)
 
     def gemm_on_numba(self, rows):  # the Numba GEMM (True) or OpenBLAS for a Linear over `rows` rows
         if self.name == "auto":
@@ -92,11 +93,23 @@ class Fast:
             return autotune.gemm_on_numba(rows)
         return True
 
-    def matmul(self, x, weight, **epilogue):  # [M, in] x [out, in] -> [M, out] on the Numba GEMM
+    def matmul(self, x, weight, out=None, **epilogue):  # [M, in] x [out, in] -> [M, out] on the Numba GEMM
         entry = self.panels.get(id(weight))
         if entry is not None and entry[0] is weight:  # (the array itself, not one that reuses its id)
-            return self.kernels.matmul_panels(x, entry[1], weight.shape[0], **epilogue)
-        return self.kernels.matmul_nt(x, weight, **epilogue)
+            return self.kernels.matmul_panels(x, entry[1], weight.shape[0], out, **epilogue)
+        return self.kernels.matmul_nt(x, weight, out, **epilogue)
+
+    def mlp_buffer(self, x, width):  # [..., C] -> an uninitialised [rows of x, width] float32 array
+        """Where the MLP's first Linear (mlp.fc1, intermediate.dense) writes: the same memory for every layer of
+        this call, since the second one has read it before the next layer's first runs. Allocated anew per
+        layer, the 2056 x 4096 floats of eight images (33.7 MB, the command's default batch) are over glibc's
+        largest mmap threshold (32 MiB): a fresh mapping every time, its pages faulted in and zeroed again.
+        Eight images, one forward (Zen 4): 13,000 page faults and 0.27 s of system time -> 600 and 0.01 s,
+        3% less wall time (also 32 texts of 77 tokens)."""
+        rows = int(np.prod(x.shape[:-1]))
+        if self.hidden is None or self.hidden.shape[0] < rows or self.hidden.shape[1] != width:
+            self.hidden = np.empty((rows, width), np.float32)
+        return self.hidden[:rows].reshape(x.shape[:-1] + (width,))
 
     def attention_on_numba(self, tokens):  # the fused attention kernel (True) or BLAS + the softmax kernel
         if self.name == "auto":
@@ -109,23 +122,24 @@ class Fast:
     def layer_norm(self, x, weight, bias, eps):  # layers.layer_norm
         return self.kernels.layer_norm(x, weight, bias, eps)
 
-    def linear(self, x, weight, bias=None, act=None, residual=None):  # [..., in] -> act(linear(x)) + residual
-        """One [M, in] x [in, out] GEMM (a 3-D `x @ w.T` would run one small GEMM per batch row), then the bias,
-        the activation `act` (a name, or None) and the `residual` [..., out]: in one pass, inside the GEMM when
-        it is the Numba one."""
+    def linear(self, x, weight, bias=None, act=None, residual=None, out=None):  # [..., in] -> [..., out]
+        """act(linear(x)) + residual: one [M, in] x [in, out] GEMM (a 3-D `x @ w.T` would run one small GEMM per
+        batch row), then the bias, the activation `act` (a name, or None) and the `residual` [..., out]: in one
+        pass, inside the GEMM when it is the Numba one. `out`: a C-contiguous [..., out] array to write into."""
         k = self.kernels
         lead = x.shape[:-1]
         x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
         r2 = None if residual is None else residual.reshape(x2.shape[0], weight.shape[0])
+        o2 = None if out is None else out.reshape(x2.shape[0], weight.shape[0])
         on_numba = self.gemm_on_numba(x2.shape[0])
         if act in self.act_codes:
             code = self.act_codes[act]
             if on_numba:
-                y = self.matmul(x2, weight, bias=bias, act=code, residual=r2)
+                y = self.matmul(x2, weight, o2, bias=bias, act=code, residual=r2)
             else:
-                y = k.bias_act_residual_(x2 @ weight.T, bias, code, r2)
+                y = k.bias_act_residual_(np.matmul(x2, weight.T, out=o2), bias, code, r2)
         else:  # an activation the kernels do not have: the reference's, after the GEMM
-            y = self.matmul(x2, weight) if on_numba else x2 @ weight.T  # [M, out]
+            y = self.matmul(x2, weight, o2) if on_numba else np.matmul(x2, weight.T, out=o2)  # [M, out]
             if bias is not None:
                 y += bias
             y = ACTIVATIONS[act](y)
@@ -163,7 +177,8 @@ class Fast:
                             pooled=h[:, :1] if pooled_only else None)
         x = self.linear(a, attn.out_proj.weight, attn.out_proj.bias, residual=x[:, :1] if pooled_only else x)
         h = self.layer_norm(x, ln2.weight, ln2.bias, eps)
-        h = self.linear(h, layer.mlp.fc1.weight, layer.mlp.fc1.bias, act=cfg.hidden_act)
+        fc1 = layer.mlp.fc1
+        h = self.linear(h, fc1.weight, fc1.bias, act=cfg.hidden_act, out=self.mlp_buffer(h, fc1.weight.shape[0]))
         return self.linear(h, layer.mlp.fc2.weight, layer.mlp.fc2.bias, residual=x), probs
 
     def text_layer(self, x, mask, layer, cfg, return_probs=False, packing=None, pooled_only=False):
@@ -177,7 +192,8 @@ class Fast:
         out = attn.output
         x = self.layer_norm(self.linear(a, out.dense.weight, out.dense.bias, residual=x),
                             out.LayerNorm.weight, out.LayerNorm.bias, eps)
-        h = self.linear(x, layer.intermediate.dense.weight, layer.intermediate.dense.bias, act=cfg.hidden_act)
+        inter = layer.intermediate.dense
+        h = self.linear(x, inter.weight, inter.bias, act=cfg.hidden_act, out=self.mlp_buffer(x, inter.weight.shape[0]))
         out = layer.output
         return self.layer_norm(self.linear(h, out.dense.weight, out.dense.bias, residual=x),
                                out.LayerNorm.weight, out.LayerNorm.bias, eps), probs

@@ -122,6 +122,37 @@ def test_text_layer_packed_and_pooled_only(gemm, fused):
     close(pooled, ref[:, :1], 2e-6)
 
 
+@pytest.mark.parametrize("gemm", ["panels", "blas"])
+def test_the_mlp_writes_every_layer_into_one_buffer(gemm):
+    # fc1's output is dead once fc2 has read it: a call keeps one buffer for it (33.7 MB for eight images, over
+    # glibc's mmap threshold, so a fresh one per layer was a fresh mapping to fault in), with the bits fresh
+    # arrays give (max difference 0), in the full layers and in the pooled-only one after them
+    cfg = SimpleNamespace(layer_norm_eps=1e-5, num_attention_heads=HEADS, hidden_act="quick_gelu")
+    layers_ = [vision_layer_weights() for _ in range(3)]
+    x0 = randn(2, 10, C)
+
+    def forward(ops):
+        x = x0
+        for i, layer in enumerate(layers_):
+            x, _ = ops.vision_layer(x, layer, cfg, pooled_only=i == len(layers_) - 1)
+        return x
+
+    weights = [w for layer in layers_ for w in layer.arrays()]
+    ops, fresh = fast_ops(gemm, True, weights), fast_ops(gemm, True, weights)
+    bases, reused = [], ops.mlp_buffer
+
+    def mlp_buffer(x, width):  # the buffer, noting whose memory it is
+        out = reused(x, width)
+        bases.append(out.base)
+        return out
+
+    ops.mlp_buffer = mlp_buffer
+    fresh.mlp_buffer = lambda x, width: np.empty(x.shape[:-1] + (width,), np.float32)
+    ours, ref = forward(ops), forward(fresh)
+    assert len(bases) == 3 and all(b is bases[0] for b in bases) and bases[0].shape == (20, F)
+    assert ours.shape == (2, 1, C) and np.array_equal(ours, ref)
+
+
 def test_the_numpy_backend_runs_the_reference(monkeypatch):
     monkeypatch.setattr("altclip_np.backend._backend", "numpy")
     ops = fast.ops()
