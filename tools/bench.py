@@ -187,7 +187,8 @@ def attention_section(reps):
     rng = np.random.default_rng(0)
     rows = ["| attention B x T (16 heads x 64) | Numba ms | NumPy twin ms | speed-up |", "|---|---|---|---|"]
     for b, t in ATTN_SHAPES:
-        q, k, v = (rng.standard_normal((b, 16, t, 64), dtype=np.float32) for _ in range(3))
+        # split heads as the model has them: [B, H, T, D] views of [B, T, H, D] memory
+        q, k, v = (rng.standard_normal((b, t, 16, 64), dtype=np.float32).transpose(0, 2, 1, 3) for _ in range(3))
         mask = np.zeros((b, 1, 1, t), np.float32)
         mask[0, ..., t // 2:] = np.finfo(np.float32).min
         r = median_alternating({"numba": lambda: attention(q, k, v, mask, 0.125),
